@@ -1,0 +1,234 @@
+"""The inbound stages: group-committed ingest, then the outbox relay that publishes to the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import sqlalchemy as sa
+import structlog
+
+from omnichannel import metrics
+from omnichannel.bus import Bus, BusError
+from omnichannel.model import InboundMessage, RoutedEvent
+from omnichannel.store import outbox
+from omnichannel.store.database import Database
+from omnichannel.store.ingest import Ingestor, Stored
+
+log = structlog.get_logger(__name__)
+
+EventListener = Callable[[Sequence[RoutedEvent]], Awaitable[None]]
+
+
+class ShuttingDown(Exception):
+    """The engine is stopping and takes no more messages."""
+
+
+class IngestPipeline:
+    """Collects concurrent requests into batches, each written in one transaction.
+
+    A request waits until its batch is committed, so a 2xx answer means the message is on
+    disk. While one batch is in the database the next one fills up: group commit without
+    an artificial delay.
+    """
+
+    def __init__(
+        self, db: Database, ingestor: Ingestor, publisher: Publisher, *, batch_size: int,
+        workers: int,
+    ) -> None:
+        self._db = db
+        self._ingestor = ingestor
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._workers = workers
+        self._queue: asyncio.Queue[tuple[InboundMessage, asyncio.Future[Stored], float]] = (
+            asyncio.Queue()
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    async def start(self) -> None:
+        """Start the writer tasks."""
+        self._tasks = [asyncio.create_task(self._writer()) for _ in range(self._workers)]
+
+    async def stop(self) -> None:
+        """Finish what was accepted, then stop the writers."""
+        self._closing = True
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def submit(self, message: InboundMessage) -> Stored:
+        """Store `message` durably and return where it went."""
+        if self._closing:
+            raise ShuttingDown("the engine is shutting down")
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((message, future, time.perf_counter()))
+        return await future
+
+    async def _writer(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+
+    async def _write(
+        self, batch: list[tuple[InboundMessage, asyncio.Future[Stored], float]]
+    ) -> None:
+        messages = [m for m, _, _ in batch]
+        try:
+            results = await self._transaction(messages)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("ingest_failed", channel=messages[0].channel)
+                _fail(batch[0][1], RuntimeError("the message could not be stored"))
+                return
+            # One bad message (or a deadlock between batches) must not fail the others:
+            # write them one by one.
+            log.warning("ingest_batch_retry_singly", size=len(batch), exc_info=True)
+            for item in batch:
+                await self._write([item])
+            return
+        metrics.INGEST_BATCH_SIZE.observe(len(batch))
+        now = time.perf_counter()
+        events = []
+        for (message, future, started), result in zip(batch, results, strict=True):
+            if result.duplicate:
+                metrics.MESSAGES_DUPLICATE.labels(message.channel).inc()
+            else:
+                metrics.MESSAGES_INGESTED.labels(message.channel).inc()
+            if result.event is not None:
+                events.append(result.event)
+            metrics.INGEST_SECONDS.observe(now - started)
+            if not future.done():
+                future.set_result(result)
+        self._publisher.submit(events)
+
+    async def _transaction(self, messages: list[InboundMessage]) -> list[Stored]:
+        async with self._db.ingest.begin() as conn:
+            return await self._ingestor.ingest(conn, messages)
+
+
+def _fail(future: asyncio.Future[Stored], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class Publisher:
+    """Relays stored messages' events to the bus and marks them published once confirmed.
+
+    Events come straight from ingest; after a restart, those never confirmed are read back
+    from the database. The bus may see an event twice (consumers dedupe by message id), but
+    never loses one.
+    """
+
+    def __init__(
+        self, db: Database, bus: Bus, *, batch_size: int = 500, workers: int = 4,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._batch_size = batch_size
+        self._workers = workers
+        self._retry_max_s = retry_max_s
+        self._queue: asyncio.Queue[RoutedEvent] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[EventListener] = []
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call `listener` with every batch of events the bus has confirmed."""
+        self._listeners.append(listener)
+
+    def submit(self, events: Sequence[RoutedEvent]) -> None:
+        """Queue events of freshly committed messages."""
+        for event in events:
+            self._pending += 1
+            self._idle.clear()
+            self._queue.put_nowait(event)
+
+    async def start(self) -> None:
+        """Start relaying, after queueing what an earlier run stored but never published."""
+        await self._recover()
+        self._tasks = [asyncio.create_task(self._relay()) for _ in range(self._workers)]
+
+    async def drain(self) -> None:
+        """Wait until every queued event is confirmed and marked."""
+        await self._idle.wait()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Publish what is queued (within `timeout`), then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain(), timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _recover(self) -> None:
+        async with self._db.api.connect() as conn:
+            last = 0
+            while True:
+                events = await outbox.unpublished(conn, last, self._batch_size)
+                if not events:
+                    break
+                self.submit(events)
+                last = events[-1].message_id
+        if self._pending:
+            log.info("outbox_recovered", events=self._pending)
+
+    async def _relay(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._publish(batch)
+            self._pending -= len(batch)
+            if self._pending == 0:
+                self._idle.set()
+
+    async def _publish(self, batch: list[RoutedEvent]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._bus.publish(batch)
+                break
+            except BusError:
+                metrics.PUBLISH_FAILURES.inc()
+                log.warning("publish_failed_retrying", events=len(batch), delay=delay,
+                            exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+        for event in batch:
+            metrics.EVENTS_PUBLISHED.labels(event.queue).inc()
+        await self._mark(batch)
+        for listener in self._listeners:
+            try:
+                await listener(batch)
+            except Exception:
+                log.exception("event_listener_failed")
+
+    async def _mark(self, batch: list[RoutedEvent]) -> None:
+        ids = [e.message_id for e in batch]
+        delay = 0.05
+        while True:
+            try:
+                async with self._db.ingest.begin() as conn:
+                    await outbox.mark_published(conn, ids)
+                return
+            except sa.exc.DBAPIError:
+                # Unmarked events are published again after a restart; keep trying meanwhile.
+                log.warning("mark_published_failed", events=len(ids), exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)

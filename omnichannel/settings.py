@@ -1,0 +1,133 @@
+"""Configuration: a YAML file overlaid by `OMNICHANNEL_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+#: Where `serve` looks for its configuration when no `--config` is given.
+DEFAULT_CONFIG_PATH = Path("config/omnichannel.yaml")
+
+#: Placeholder secrets copied from documentation are refused at start-up.
+EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "example", "xxx", "token"})
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is invalid."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the engine; environment variables win over the YAML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OMNICHANNEL_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite+aiosqlite:///omnichannel.db"
+    broker_url: str | None = None
+    rules_path: Path = Path("config/routing.yaml")
+    tracking_prefix: str = Field(default="AMB", pattern=r"^[A-Z0-9]{1,10}$")
+    #: Bearer token of trusted systems posting to `/webhooks/api`; unset disables the endpoint.
+    api_token: SecretStr | None = None
+    #: Bearer token of the agent API until per-agent accounts exist; unset disables it.
+    agent_token: SecretStr | None = None
+    #: Where agents' replies on the `api` channel are POSTed as JSON.
+    api_callback_url: str | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: Largest number of inbound messages written in one database transaction.
+    ingest_batch_size: int = Field(default=256, gt=0)
+    #: Connections reserved for ingest, apart from those serving agents' queries.
+    ingest_pool_size: int = Field(default=4, gt=0)
+    api_pool_size: int = Field(default=5, gt=0)
+    #: Agents' queries are cancelled after this many seconds so they cannot hold the database.
+    api_statement_timeout_s: float = Field(default=10.0, gt=0)
+    delivery_attempts: int = Field(default=5, gt=0)
+    delivery_timeout_s: float = Field(default=10.0, gt=0)
+    log_level: str = "info"
+    log_format: str = Field(default="json", pattern=r"^(json|console)$")
+
+    @field_validator("api_token", "agent_token")
+    @classmethod
+    def _refuse_example_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret = value.get_secret_value()
+            if secret.lower() in EXAMPLE_SECRETS or len(secret) < 16:
+                raise ValueError("is an example value or shorter than 16 characters")
+        return value
+
+    @field_validator("broker_url", "api_callback_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the store is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Feeds the parsed YAML file to pydantic-settings below the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse the YAML configuration file into a plain mapping."""
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Load settings from `config_path` (or `OMNICHANNEL_CONFIG`, or the default file if present)."""
+    if config_path is None:
+        env_path = os.environ.get("OMNICHANNEL_CONFIG")
+        if env_path:
+            config_path = Path(env_path)
+        elif DEFAULT_CONFIG_PATH.exists():
+            config_path = DEFAULT_CONFIG_PATH
+    data = read_config_file(config_path) if config_path else {}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _YamlSource(settings_cls, data))
+
+    try:
+        return _Loaded()
+    except ValueError as exc:
+        where = f"{config_path} / environment" if config_path else "environment"
+        raise ConfigError(f"invalid configuration ({where}): {exc}") from exc

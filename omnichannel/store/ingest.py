@@ -1,0 +1,295 @@
+"""Idempotent batch ingest: contacts, conversations and inbound messages in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnichannel.model import TRIAGE, InboundMessage, RouteDecision, RoutedEvent
+from omnichannel.store.tables import (
+    ACTIVE_CONDITION,
+    Contact,
+    ContactIdentity,
+    Conversation,
+    Message,
+    utcnow,
+)
+
+Router = Callable[[InboundMessage], RouteDecision]
+
+_contact = sa.inspect(Contact).local_table
+_identity = sa.inspect(ContactIdentity).local_table
+_conversation = sa.inspect(Conversation).local_table
+_message = sa.inspect(Message).local_table
+
+#: Rules that only an agent sets; the router never moves such a conversation again.
+MANUAL_RULE_PREFIX = "manual:"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The outcome of ingesting one message."""
+
+    message_id: int
+    conversation_id: int
+    tracking_number: str
+    duplicate: bool
+    event: RoutedEvent | None
+
+
+def tracking_number(prefix: str, conversation_id: int, created_at: datetime) -> str:
+    """The citizen-facing number of a conversation, e.g. `AMB-2026-000123`."""
+    return f"{prefix}-{created_at.year}-{conversation_id:06d}"
+
+
+def as_utc(value: datetime) -> datetime:
+    """Read a stored timestamp as UTC (SQLite returns it without a zone)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text refuses NUL; the raw payload keeps the original.
+    return text.replace("\x00", "")
+
+
+class Ingestor:
+    """Writes batches of inbound messages; the caller owns the connection and transaction."""
+
+    def __init__(self, router: Router, tracking_prefix: str) -> None:
+        self._route = router
+        self._prefix = tracking_prefix
+
+    async def ingest(
+        self, conn: AsyncConnection, batch: Sequence[InboundMessage]
+    ) -> list[Stored]:
+        """Store `batch`, routing new and triaged conversations; returns one result per input."""
+        now = utcnow()
+        keys = [(m.channel, m.account, m.external_id) for m in batch]
+        existing = await self._existing_messages(conn, set(keys))
+        fresh: dict[tuple[str, str, str], InboundMessage] = {}
+        for key, msg in zip(keys, batch, strict=True):
+            if key not in existing and key not in fresh:
+                fresh[key] = msg
+
+        results: dict[tuple[str, str, str], Stored] = {}
+        if fresh:
+            results = await self._store_fresh(conn, list(fresh.values()), now)
+        out: list[Stored] = []
+        seen: set[tuple[str, str, str]] = set()
+        for key in keys:
+            if key in existing:
+                message_id, conversation_id, number = existing[key]
+                out.append(Stored(message_id, conversation_id, number, True, None))
+            elif key in seen:
+                first = results[key]
+                out.append(Stored(first.message_id, first.conversation_id,
+                                  first.tracking_number, True, None))
+            else:
+                seen.add(key)
+                out.append(results[key])
+        return out
+
+    async def _existing_messages(
+        self, conn: AsyncConnection, keys: set[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], tuple[int, int, str]]:
+        if not keys:
+            return {}
+        rows = await conn.execute(
+            sa.select(
+                _message.c.channel, _message.c.account, _message.c.external_id,
+                _message.c.id, _message.c.conversation_id, _conversation.c.tracking_number,
+            )
+            .join(_conversation, _conversation.c.id == _message.c.conversation_id)
+            .where(sa.tuple_(_message.c.channel, _message.c.account,
+                             _message.c.external_id).in_(list(keys)))
+        )
+        return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
+
+    async def _contacts(
+        self, conn: AsyncConnection, batch: Sequence[InboundMessage]
+    ) -> dict[tuple[str, str], int]:
+        """Map each (channel, sender id) to its contact, creating contacts as needed."""
+        first: dict[tuple[str, str], InboundMessage] = {}
+        for m in batch:
+            first.setdefault((m.channel, m.sender.id), m)
+        found = await self._select_identities(conn, set(first))
+        missing = [k for k in first if k not in found]
+        if missing:
+            created = await conn.execute(
+                sa.insert(_contact).returning(_contact.c.id, sort_by_parameter_order=True),
+                [{"name": first[k].sender.name, "phone": first[k].sender.phone,
+                  "created_at": utcnow()} for k in missing],
+            )
+            new_ids = [r[0] for r in created]
+            rows = await conn.execute(
+                _insert(conn, _identity).on_conflict_do_nothing().returning(
+                    _identity.c.channel, _identity.c.address, _identity.c.contact_id
+                ),
+                [{"contact_id": cid, "channel": k[0], "address": k[1]}
+                 for k, cid in zip(missing, new_ids, strict=True)],
+            )
+            inserted = {(r[0], r[1]): r[2] for r in rows}
+            found.update(inserted)
+            lost = [k for k in missing if k not in inserted]
+            if lost:
+                # Another worker registered these identities first: use its contacts and
+                # drop the ones made here in vain.
+                found.update(await self._select_identities(conn, set(lost)))
+                orphan = [cid for k, cid in zip(missing, new_ids, strict=True) if k in lost]
+                await conn.execute(sa.delete(_contact).where(_contact.c.id.in_(orphan)))
+        return found
+
+    async def _select_identities(
+        self, conn: AsyncConnection, keys: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        rows = await conn.execute(
+            sa.select(_identity.c.channel, _identity.c.address, _identity.c.contact_id).where(
+                sa.tuple_(_identity.c.channel, _identity.c.address).in_(list(keys))
+            )
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def _active_conversations(
+        self, conn: AsyncConnection, keys: set[tuple[int, str, str]]
+    ) -> dict[tuple[int, str, str], dict[str, Any]]:
+        c = _conversation.c
+        rows = await conn.execute(
+            sa.select(c.id, c.contact_id, c.channel, c.account, c.queue, c.rule,
+                      c.tracking_number, c.created_at)
+            .where(sa.tuple_(c.contact_id, c.channel, c.account).in_(list(keys)))
+            .where(ACTIVE_CONDITION)
+        )
+        return {(r.contact_id, r.channel, r.account): dict(r._mapping) for r in rows}
+
+    async def _conversations(
+        self, conn: AsyncConnection, keys: set[tuple[int, str, str]], now: datetime
+    ) -> dict[tuple[int, str, str], dict[str, Any]]:
+        """Find each key's active conversation, opening one where there is none."""
+        found = await self._active_conversations(conn, keys)
+        missing = [k for k in keys if k not in found]
+        if not missing:
+            return found
+        # The partial unique index makes a racing worker's insert do nothing here.
+        rows = await conn.execute(
+            _insert(conn, _conversation).on_conflict_do_nothing().returning(
+                _conversation.c.id, _conversation.c.contact_id, _conversation.c.channel,
+                _conversation.c.account,
+            ),
+            [{"contact_id": k[0], "channel": k[1], "account": k[2], "status": "new",
+              "created_at": now, "updated_at": now, "last_message_at": now} for k in missing],
+        )
+        numbers = []
+        for r in rows:
+            number = tracking_number(self._prefix, r.id, now)
+            numbers.append({"cid": r.id, "tn": number})
+            found[(r.contact_id, r.channel, r.account)] = {
+                "id": r.id, "queue": None, "rule": None, "tracking_number": number,
+                "created_at": now,
+            }
+        if numbers:
+            await conn.execute(
+                sa.update(_conversation)
+                .where(_conversation.c.id == sa.bindparam("cid"))
+                .values(tracking_number=sa.bindparam("tn")),
+                numbers,
+            )
+        lost = {k for k in missing if k not in found}
+        if lost:
+            found.update(await self._active_conversations(conn, lost))
+        return found
+
+    async def _store_fresh(
+        self, conn: AsyncConnection, batch: list[InboundMessage], now: datetime
+    ) -> dict[tuple[str, str, str], Stored]:
+        contacts = await self._contacts(conn, batch)
+        conv_keys = {(contacts[(m.channel, m.sender.id)], m.channel, m.account) for m in batch}
+        conversations = await self._conversations(conn, conv_keys, now)
+
+        # The citizen's order, not the workers': route and apply messages by provider time.
+        ordered = sorted(batch, key=lambda m: m.sent_at or now)
+        rows: list[dict[str, Any]] = []
+        routed: dict[int, dict[str, Any]] = {}
+        for m in ordered:
+            contact_id = contacts[(m.channel, m.sender.id)]
+            conv = conversations[(contact_id, m.channel, m.account)]
+            queue, rule = conv["queue"], conv["rule"]
+            if queue is None or (queue == TRIAGE and not (rule or "").startswith(
+                    MANUAL_RULE_PREFIX)):
+                decision = self._route(m)
+                if queue is None or decision.queue != TRIAGE:
+                    queue, rule = decision.queue, decision.rule
+                    conv["queue"], conv["rule"] = queue, rule
+                    routed[conv["id"]] = {"cid": conv["id"], "queue": queue, "rule": rule,
+                                          "reason": decision.reason}
+            rows.append({
+                "conversation_id": conv["id"], "direction": "inbound",
+                "channel": m.channel, "account": m.account, "external_id": m.external_id,
+                "sender_id": m.sender.id, "sender_name": m.sender.name, "text": _clean(m.text),
+                "attachments": [a.to_json() for a in m.attachments],
+                "location": m.location.to_json() if m.location else None,
+                "raw": m.raw or None, "sent_at": m.sent_at or now, "received_at": now,
+                "queue": queue, "rule": rule,
+            })
+
+        inserted = await conn.execute(
+            _insert(conn, _message).on_conflict_do_nothing().returning(
+                _message.c.id, _message.c.channel, _message.c.account, _message.c.external_id
+            ),
+            rows,
+        )
+        ids = {(r.channel, r.account, r.external_id): r.id for r in inserted}
+        last_at: dict[int, datetime] = {}
+        for row in rows:
+            last_at[row["conversation_id"]] = max(
+                row["received_at"], last_at.get(row["conversation_id"], row["received_at"]))
+        await conn.execute(
+            sa.update(_conversation)
+            .where(_conversation.c.id == sa.bindparam("cid"))
+            .values(last_message_at=sa.bindparam("at"), updated_at=sa.bindparam("at")),
+            [{"cid": cid, "at": at} for cid, at in last_at.items()],
+        )
+        if routed:
+            await conn.execute(
+                sa.update(_conversation)
+                .where(_conversation.c.id == sa.bindparam("cid"))
+                .values(queue=sa.bindparam("queue"), rule=sa.bindparam("rule"),
+                        route_reason=sa.bindparam("reason")),
+                list(routed.values()),
+            )
+
+        results: dict[tuple[str, str, str], Stored] = {}
+        lost: list[tuple[str, str, str]] = []
+        for m, row in zip(ordered, rows, strict=True):
+            key = (m.channel, m.account, m.external_id)
+            conv = conversations[(contacts[(m.channel, m.sender.id)], m.channel, m.account)]
+            if key not in ids:
+                lost.append(key)
+                continue
+            event = RoutedEvent(
+                message_id=ids[key], conversation_id=conv["id"],
+                tracking_number=conv["tracking_number"], queue=row["queue"], rule=row["rule"],
+                channel=m.channel, account=m.account, contact_id=contacts[(m.channel,
+                                                                           m.sender.id)],
+                sender_id=m.sender.id, sender_name=m.sender.name, text=row["text"],
+                sent_at=row["sent_at"], received_at=now, attachments=m.attachments,
+                location=m.location,
+            )
+            results[key] = Stored(ids[key], conv["id"], conv["tracking_number"], False, event)
+        if lost:
+            # A concurrent worker stored these first: report them as the duplicates they are.
+            for key, (mid, cid, number) in (
+                await self._existing_messages(conn, set(lost))
+            ).items():
+                results[key] = Stored(mid, cid, number, True, None)
+        return results

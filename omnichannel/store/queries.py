@@ -1,0 +1,171 @@
+"""Reads and writes behind the agent API and outbound delivery."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnichannel.model import ConversationStatus, DeliveryStatus, Direction
+from omnichannel.store.ingest import as_utc
+from omnichannel.store.tables import Contact, Conversation, Message, utcnow
+
+_contact = sa.inspect(Contact).local_table
+_conversation = sa.inspect(Conversation).local_table
+_message = sa.inspect(Message).local_table
+
+
+class ConflictError(Exception):
+    """The change would break an invariant, such as two active conversations of one contact."""
+
+
+def _json_row(row: sa.RowMapping, drop: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {
+        k: (as_utc(v).isoformat() if isinstance(v, datetime) else v)
+        for k, v in row.items()
+        if k not in drop
+    }
+
+
+async def list_conversations(
+    conn: AsyncConnection,
+    *,
+    queue: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Conversations newest first, optionally of one queue and status, paged by id."""
+    c = _conversation.c
+    query = (
+        sa.select(_conversation, _contact.c.name.label("contact_name"))
+        .join(_contact, _contact.c.id == c.contact_id)
+        .order_by(c.id.desc())
+        .limit(limit)
+    )
+    if queue is not None:
+        query = query.where(c.queue == queue)
+    if status is not None:
+        query = query.where(c.status == status)
+    if before_id is not None:
+        query = query.where(c.id < before_id)
+    return [_json_row(r._mapping) for r in await conn.execute(query)]
+
+
+async def get_conversation(conn: AsyncConnection, conversation_id: int) -> dict[str, Any] | None:
+    """One conversation with its contact and messages in the citizen's order."""
+    c = _conversation.c
+    row = (
+        await conn.execute(
+            sa.select(_conversation, _contact.c.name.label("contact_name"),
+                      _contact.c.phone.label("contact_phone"))
+            .join(_contact, _contact.c.id == c.contact_id)
+            .where(c.id == conversation_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    result = _json_row(row._mapping)
+    messages = await conn.execute(
+        sa.select(_message)
+        .where(_message.c.conversation_id == conversation_id)
+        .order_by(_message.c.sent_at, _message.c.id)
+    )
+    result["messages"] = [_json_row(m._mapping, frozenset({"raw"})) for m in messages]
+    return result
+
+
+async def conversation_channel(conn: AsyncConnection, conversation_id: int) -> sa.Row[Any] | None:
+    """Channel, account and the contact's address on it, for sending a reply."""
+    c = _conversation.c
+    return (
+        await conn.execute(
+            sa.select(c.id, c.channel, c.account, c.status, c.tracking_number,
+                      _message.c.sender_id)
+            .join(_message, _message.c.conversation_id == c.id)
+            .where(c.id == conversation_id, _message.c.direction == Direction.INBOUND.value)
+            .order_by(_message.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def add_outbound(
+    conn: AsyncConnection, conversation_id: int, *, channel: str, account: str, text: str,
+    author: str,
+) -> dict[str, Any]:
+    """Store an agent's reply as queued for delivery; a new conversation becomes open."""
+    now = utcnow()
+    row = (
+        await conn.execute(
+            sa.insert(_message)
+            .values(
+                conversation_id=conversation_id, direction=Direction.OUTBOUND.value,
+                channel=channel, account=account, author=author, text=text, attachments=[],
+                sent_at=now, received_at=now, delivery_status=DeliveryStatus.QUEUED.value,
+            )
+            .returning(_message)
+        )
+    ).one()
+    await conn.execute(
+        sa.update(_conversation)
+        .where(_conversation.c.id == conversation_id)
+        .values(
+            updated_at=now,
+            status=sa.case(
+                (_conversation.c.status == ConversationStatus.NEW.value,
+                 ConversationStatus.OPEN.value),
+                else_=_conversation.c.status,
+            ),
+        )
+    )
+    return _json_row(row._mapping, frozenset({"raw"}))
+
+
+async def set_status(
+    conn: AsyncConnection, conversation_id: int, status: ConversationStatus
+) -> bool:
+    """Change a conversation's status; False when it does not exist."""
+    try:
+        result = await conn.execute(
+            sa.update(_conversation)
+            .where(_conversation.c.id == conversation_id)
+            .values(status=status.value, updated_at=utcnow())
+        )
+    except sa.exc.IntegrityError as exc:
+        raise ConflictError(
+            "the contact already has another active conversation on this channel"
+        ) from exc
+    return bool(result.rowcount)
+
+
+async def record_delivery(
+    conn: AsyncConnection, message_id: int, *, status: DeliveryStatus, attempts: int,
+    error: str | None = None, external_id: str | None = None,
+) -> None:
+    """Record the outcome of one delivery attempt of an outbound message."""
+    values: dict[str, Any] = {
+        "delivery_status": status.value, "delivery_attempts": attempts, "delivery_error": error,
+    }
+    if external_id is not None:
+        values["external_id"] = external_id
+    await conn.execute(sa.update(_message).where(_message.c.id == message_id).values(**values))
+
+
+async def queued_outbound(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Outbound messages still waiting for delivery, oldest first (resumed after a restart)."""
+    rows = await conn.execute(
+        sa.select(_message.c.id, _message.c.conversation_id)
+        .where(_message.c.direction == Direction.OUTBOUND.value,
+               _message.c.delivery_status == DeliveryStatus.QUEUED.value)
+        .order_by(_message.c.id)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def outbound_message(conn: AsyncConnection, message_id: int) -> dict[str, Any] | None:
+    """One outbound message with what is needed to deliver it."""
+    row = (await conn.execute(sa.select(_message).where(_message.c.id == message_id))).first()
+    return _json_row(row._mapping) if row else None

@@ -1,0 +1,128 @@
+"""Database tables (sqlmodel); only the `store` package touches them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from omnichannel.model import ACTIVE_STATUSES
+
+#: SQL condition of the conversations that new messages from their contact still join.
+ACTIVE_CONDITION = sa.text(
+    "status IN (" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATUSES)) + ")"
+)
+
+metadata = SQLModel.metadata
+metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=sa.DateTime(timezone=True), **kw)
+
+
+class Contact(SQLModel, table=True):
+    """A citizen, known by one identity per channel."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str | None = Field(default=None, max_length=200)
+    phone: str | None = Field(default=None, max_length=32)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class ContactIdentity(SQLModel, table=True):
+    """How one channel addresses a contact (phone number, chat id, e-mail, JID...)."""
+
+    __tablename__ = "contact_identity"
+    __table_args__ = (sa.UniqueConstraint("channel", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contact.id", index=True)
+    channel: str = Field(max_length=32)
+    address: str = Field(max_length=320)
+
+
+class Conversation(SQLModel, table=True):
+    """A thread of messages between one contact and the OPD handling it."""
+
+    __table_args__ = (
+        # The database itself refuses a second active conversation of a contact on one
+        # channel account, however many workers race to open one.
+        sa.Index(
+            "uq_conversation_active",
+            "contact_id",
+            "channel",
+            "account",
+            unique=True,
+            sqlite_where=ACTIVE_CONDITION,
+            postgresql_where=ACTIVE_CONDITION,
+        ),
+        sa.Index("ix_conversation_queue_status", "queue", "status", "last_message_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contact.id", index=True)
+    channel: str = Field(max_length=32)
+    account: str = Field(max_length=200)
+    status: str = Field(default="new", max_length=16)
+    queue: str | None = Field(default=None, max_length=64)
+    rule: str | None = Field(default=None, max_length=200)
+    route_reason: str | None = Field(default=None)
+    assigned_agent: str | None = Field(default=None, max_length=200)
+    tracking_number: str | None = Field(default=None, max_length=40, unique=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+    last_message_at: datetime = _ts(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    """One inbound or outbound message, with the provider's raw payload kept for audit."""
+
+    __table_args__ = (
+        # A provider's repeated delivery of one message is stored once.
+        sa.UniqueConstraint("channel", "account", "external_id"),
+        sa.Index("ix_message_conversation_order", "conversation_id", "sent_at", "id"),
+        sa.Index(
+            "ix_message_unpublished",
+            "id",
+            sqlite_where=sa.text("published_at IS NULL AND direction = 'inbound'"),
+            postgresql_where=sa.text("published_at IS NULL AND direction = 'inbound'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.id")
+    direction: str = Field(max_length=8)
+    channel: str = Field(max_length=32)
+    account: str = Field(max_length=200)
+    external_id: str | None = Field(default=None, max_length=200)
+    sender_id: str | None = Field(default=None, max_length=320)
+    sender_name: str | None = Field(default=None, max_length=200)
+    author: str | None = Field(default=None, max_length=200)
+    text: str = Field(default="")
+    attachments: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON)
+    location: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    raw: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    #: When the citizen (or agent) sent it, by the provider's clock; orders the thread.
+    sent_at: datetime = _ts(default_factory=utcnow)
+    received_at: datetime = _ts(default_factory=utcnow)
+    #: Routing snapshot published with the message.
+    queue: str | None = Field(default=None, max_length=64)
+    rule: str | None = Field(default=None, max_length=200)
+    #: Set once the routed event is confirmed by the bus (transactional outbox).
+    published_at: datetime | None = _ts(default=None)
+    delivery_status: str | None = Field(default=None, max_length=16)
+    delivery_error: str | None = Field(default=None)
+    delivery_attempts: int = Field(default=0)
