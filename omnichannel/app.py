@@ -1,0 +1,214 @@
+"""Wiring and lifecycle: the engine's stages and the aiohttp application that serves them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from omnichannel import metrics
+from omnichannel.adapters import api as api_channel
+from omnichannel.bus import Bus, make_bus
+from omnichannel.delivery import ApiCallbackSender, Deliverer, Sender
+from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
+from omnichannel.inbox.api import routes as inbox_routes
+from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent
+from omnichannel.openapi import openapi_document
+from omnichannel.pipeline import IngestPipeline, Publisher, ShuttingDown
+from omnichannel.router import RulesError, RuleSet, load_rules
+from omnichannel.settings import Settings
+from omnichannel.store.database import Database, create_database
+from omnichannel.store.ingest import Ingestor
+from omnichannel.store.migrate import upgrade
+
+log = structlog.get_logger(__name__)
+
+#: Largest number of unread events a live (SSE) listener may fall behind by.
+LIVE_BACKLOG = 10000
+
+
+class Engine:
+    """Every stage of one `omnichannel serve` process, started and stopped together."""
+
+    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.db: Database = create_database(
+            settings.database_url,
+            ingest_pool_size=settings.ingest_pool_size,
+            api_pool_size=settings.api_pool_size,
+            api_statement_timeout_s=settings.api_statement_timeout_s,
+        )
+        self.bus: Bus = make_bus(settings.broker_url)
+        self.publisher = Publisher(self.db, self.bus)
+        # SQLite has one writer at a time: more writer tasks would only queue for its lock.
+        writers = 1 if settings.is_sqlite else settings.ingest_pool_size
+        self.pipeline = IngestPipeline(
+            self.db, Ingestor(self._route, settings.tracking_prefix), self.publisher,
+            batch_size=settings.ingest_batch_size, workers=writers,
+        )
+        self.live: set[asyncio.Queue[RoutedEvent]] = set()
+        self.publisher.add_listener(self._fan_out)
+        self._http: aiohttp.ClientSession | None = None
+        self.deliverer: Deliverer = Deliverer(self.db, {}, attempts=1, timeout_s=1)
+
+    def _route(self, message: InboundMessage) -> RouteDecision:
+        return self.rules.route(
+            message.text, channel=message.channel, account=message.account,
+            sender=message.sender.id,
+        )
+
+    def reload_rules(self) -> list[str]:
+        """Load the rules file again; on any error keep the rules in force and return the errors."""
+        try:
+            rules = load_rules(self.settings.rules_path)
+        except RulesError as exc:
+            errors = [str(e) for e in exc.errors]
+            log.error("rules_reload_refused", errors=errors)
+            return errors
+        self.rules = rules
+        log.info("rules_reloaded", opds=len(rules.opds))
+        return []
+
+    async def _fan_out(self, events: Sequence[RoutedEvent]) -> None:
+        for listener in list(self.live):
+            for event in events:
+                if listener.full():
+                    # A listener this far behind has gone away without closing; drop it.
+                    self.live.discard(listener)
+                    break
+                listener.put_nowait(event)
+
+    async def start(self) -> None:
+        """Migrate the database, declare the bus topology and start every stage."""
+        await upgrade(self.settings.database_url)
+        await self.bus.start(list(self.rules.opds))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
+        )
+        senders: dict[str, Sender] = {}
+        if self.settings.api_callback_url:
+            senders[api_channel.CHANNEL] = ApiCallbackSender(
+                self.settings.api_callback_url, self._http
+            )
+        self.deliverer = Deliverer(
+            self.db, senders, attempts=self.settings.delivery_attempts,
+            timeout_s=self.settings.delivery_timeout_s,
+        )
+        await self.publisher.start()
+        await self.pipeline.start()
+        await self.deliverer.start()
+        log.info("engine_started", database=self.db.dialect,
+                 bus="rabbitmq" if self.settings.broker_url else "in-process",
+                 opds=len(self.rules.opds))
+
+    async def stop(self) -> None:
+        """Stop taking messages, publish what was stored, then release every resource."""
+        await self.pipeline.stop()
+        await self.publisher.stop()
+        await self.deliverer.stop()
+        if self._http is not None:
+            await self._http.close()
+        await self.bus.close()
+        await self.db.dispose()
+        log.info("engine_stopped")
+
+
+async def webhook_api(request: web.Request) -> web.Response:
+    """Take one message from a trusted system; 2xx only once it is stored durably."""
+    engine: Engine = request.app["engine"]
+    started = time.perf_counter()
+    try:
+        require_bearer(request, engine.settings.api_token, "the api channel")
+        payload = parse_json(await read_body(request, engine.settings.max_body_bytes))
+        try:
+            message = api_channel.parse(payload)
+        except ValidationError as exc:
+            fail(422, "invalid message", detail=api_channel.describe_errors(exc))
+    except web.HTTPException as exc:
+        metrics.REQUESTS_REJECTED.labels(api_channel.CHANNEL, str(exc.status)).inc()
+        raise
+    try:
+        stored = await engine.pipeline.submit(message)
+    except ShuttingDown:
+        fail(503, "the engine is shutting down; retry later")
+    except RuntimeError:
+        fail(500, "the message could not be stored; retry later")
+    log.debug("api_message_stored", message_id=stored.message_id,
+              duplicate=stored.duplicate, ms=round((time.perf_counter() - started) * 1000, 2))
+    return json_response(
+        {
+            "message_id": stored.message_id,
+            "conversation_id": stored.conversation_id,
+            "tracking_number": stored.tracking_number,
+            "duplicate": stored.duplicate,
+        },
+        status=200 if stored.duplicate else 201,
+    )
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the database and the bus both answer."""
+    engine: Engine = request.app["engine"]
+    checks = {"database": await engine.db.ping(), "bus": await engine.bus.ping()}
+    ok = all(checks.values())
+    return json_response({"status": "ok" if ok else "unavailable", "checks": checks},
+                         status=200 if ok else 503)
+
+
+async def metrics_view(_request: web.Request) -> web.Response:
+    """Prometheus metrics in the text exposition format."""
+    return web.Response(body=generate_latest(metrics.REGISTRY),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_view(_request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of the HTTP API."""
+    return json_response(openapi_document())
+
+
+async def reload_rules_view(request: web.Request) -> web.Response:
+    """Reload the rules file; a broken file is refused and the rules in force stay."""
+    engine: Engine = request.app["engine"]
+    require_bearer(request, engine.settings.agent_token, "the admin API")
+    errors = engine.reload_rules()
+    if errors:
+        fail(422, "the rules file is invalid; the previous rules stay in force", errors=errors)
+    await engine.bus.start(list(engine.rules.opds))
+    return json_response({"status": "reloaded", "opds": sorted(engine.rules.opds)})
+
+
+def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Application:
+    """The aiohttp application of one engine process."""
+    if rules is None:
+        rules = load_rules(settings.rules_path)
+    # The body limit is ours to enforce with a clear message; aiohttp's own would answer first.
+    app = web.Application(client_max_size=settings.max_body_bytes * 2 + 1024)
+    engine = Engine(settings, rules)
+    app["engine"] = engine
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await engine.start()
+        yield
+        await engine.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/webhooks/api", webhook_api)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi_view)
+    app.router.add_post("/api/v1/admin/rules/reload", reload_rules_view)
+    app.router.add_routes(inbox_routes)
+    return app

@@ -1,0 +1,70 @@
+"""HTTP helpers shared by every route: JSON errors, bearer tokens, bounded bodies."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, NoReturn
+
+import orjson
+from aiohttp import web
+from pydantic import SecretStr
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON response rendered with orjson."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+_ERRORS: dict[int, type[web.HTTPException]] = {
+    cls.status_code: cls
+    for cls in (
+        web.HTTPBadRequest, web.HTTPUnauthorized, web.HTTPForbidden, web.HTTPNotFound,
+        web.HTTPConflict, web.HTTPUnsupportedMediaType, web.HTTPUnprocessableEntity,
+        web.HTTPServiceUnavailable, web.HTTPInternalServerError,
+    )
+}
+
+
+def fail(status: int, message: str, **extra: Any) -> NoReturn:
+    """Stop handling the request with a JSON error body that says why."""
+    body = orjson.dumps({"error": message, **extra})
+    if status == 413:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=extra["limit"], actual_size=extra["size"], body=body,
+            content_type="application/json",
+        )
+    raise _ERRORS[status](body=body, content_type="application/json")
+
+
+def require_bearer(request: web.Request, token: SecretStr | None, what: str) -> None:
+    """Refuse the request unless it carries `token` as a bearer token (constant-time check)."""
+    if token is None:
+        fail(503, f"{what} is disabled: no token is configured")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        fail(401, "missing bearer token in the Authorization header")
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        fail(401, "invalid bearer token")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 when it is larger than `limit` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        fail(413, f"body of {declared} bytes exceeds the limit of {limit} bytes",
+             limit=limit, size=declared)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        fail(413, f"body exceeds the limit of {limit} bytes", limit=limit, size=len(body))
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body, refused with 400 and the parser's reason when malformed."""
+    if not body:
+        fail(400, "empty body: a JSON object is required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        fail(400, f"malformed JSON: {exc}")

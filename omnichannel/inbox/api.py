@@ -1,0 +1,155 @@
+"""The agents' HTTP API: read conversations, reply, change status, follow events live."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from omnichannel.adapters.api import describe_errors
+from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
+from omnichannel.model import ConversationStatus, RoutedEvent
+from omnichannel.store import queries
+
+if TYPE_CHECKING:
+    from omnichannel.app import Engine
+
+routes = web.RouteTableDef()
+
+
+class ReplyRequest(BaseModel):
+    """An agent's reply to the citizen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=4096)
+    author: str = Field(default="agent", min_length=1, max_length=200)
+
+
+class StatusRequest(BaseModel):
+    """A new status for a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: ConversationStatus
+
+
+def _engine(request: web.Request) -> Engine:
+    engine: Engine = request.app["engine"]
+    require_bearer(request, engine.settings.agent_token, "the agent API")
+    return engine
+
+
+def _int(value: str | None, name: str, default: int | None = None) -> int | None:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        fail(400, f"{name} must be an integer, not {value!r}")
+
+
+async def _body(request: web.Request, model: type[BaseModel], engine: Engine) -> Any:
+    payload = parse_json(await read_body(request, engine.settings.max_body_bytes))
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        fail(422, "invalid request", detail=describe_errors(exc))
+
+
+@routes.get("/api/v1/conversations")
+async def list_conversations(request: web.Request) -> web.Response:
+    """Conversations newest first, filtered by `queue` and `status`, paged by `before`."""
+    engine = _engine(request)
+    status = request.query.get("status")
+    if status is not None and status not in ConversationStatus.__members__.values():
+        fail(400, f"unknown status {status!r}",
+             allowed=[s.value for s in ConversationStatus])
+    limit = _int(request.query.get("limit"), "limit", 50) or 50
+    if not 1 <= limit <= 500:
+        fail(400, "limit must be between 1 and 500")
+    async with engine.db.api.connect() as conn:
+        items = await queries.list_conversations(
+            conn, queue=request.query.get("queue"), status=status, limit=limit,
+            before_id=_int(request.query.get("before"), "before"),
+        )
+    return json_response({"conversations": items})
+
+
+@routes.get("/api/v1/conversations/{id}")
+async def get_conversation(request: web.Request) -> web.Response:
+    """One conversation with its messages in the citizen's order."""
+    engine = _engine(request)
+    conversation_id = _int(request.match_info["id"], "conversation id")
+    assert conversation_id is not None
+    async with engine.db.api.connect() as conn:
+        conversation = await queries.get_conversation(conn, conversation_id)
+    if conversation is None:
+        fail(404, f"conversation {conversation_id} does not exist")
+    return json_response(conversation)
+
+
+@routes.post("/api/v1/conversations/{id}/messages")
+async def reply(request: web.Request) -> web.Response:
+    """Store an agent's reply and hand it to the conversation's channel for delivery."""
+    engine = _engine(request)
+    conversation_id = _int(request.match_info["id"], "conversation id")
+    assert conversation_id is not None
+    body: ReplyRequest = await _body(request, ReplyRequest, engine)
+    async with engine.db.api.begin() as conn:
+        target = await queries.conversation_channel(conn, conversation_id)
+        if target is None:
+            fail(404, f"conversation {conversation_id} does not exist")
+        message = await queries.add_outbound(
+            conn, conversation_id, channel=target.channel, account=target.account,
+            text=body.text, author=body.author,
+        )
+    engine.deliverer.submit(message["id"])
+    return json_response(message, status=202)
+
+
+@routes.post("/api/v1/conversations/{id}/status")
+async def set_status(request: web.Request) -> web.Response:
+    """Move a conversation to another status (e.g. `resolved`)."""
+    engine = _engine(request)
+    conversation_id = _int(request.match_info["id"], "conversation id")
+    assert conversation_id is not None
+    body: StatusRequest = await _body(request, StatusRequest, engine)
+    try:
+        async with engine.db.api.begin() as conn:
+            found = await queries.set_status(conn, conversation_id, body.status)
+    except queries.ConflictError as exc:
+        fail(409, str(exc))
+    if not found:
+        fail(404, f"conversation {conversation_id} does not exist")
+    return json_response({"id": conversation_id, "status": body.status.value})
+
+
+@routes.get("/api/v1/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: every routed message as it is confirmed, optionally of one queue."""
+    engine = _engine(request)
+    queue_filter = request.query.get("queue")
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+    })
+    await response.prepare(request)
+    inbox: asyncio.Queue[RoutedEvent] = asyncio.Queue(maxsize=10000)
+    engine.live.add(inbox)
+    try:
+        await response.write(b": connected\n\n")
+        while True:
+            event = await inbox.get()
+            if queue_filter is None or event.queue == queue_filter:
+                data = orjson.dumps(event.to_json())
+                await response.write(
+                    b"id: %d\nevent: routed\ndata: %s\n\n" % (event.message_id, data)
+                )
+    finally:
+        engine.live.discard(inbox)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()

@@ -1,0 +1,139 @@
+"""The OpenAPI 3.1 document of the HTTP API, with request schemas taken from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from omnichannel import __version__
+from omnichannel.adapters.api import ApiMessage
+from omnichannel.inbox.api import ReplyRequest, StatusRequest
+
+_REF = "#/components/schemas/{model}"
+
+
+def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}
+
+
+def _json_body(model: str) -> dict[str, Any]:
+    return {"required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}}
+
+
+def _ok(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {}}}}
+
+
+_AUTH_ERRORS = {"401": _error("missing or wrong bearer token"),
+                "503": _error("disabled: no token configured")}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI document served at `/openapi.json`."""
+    schemas = _schemas(ApiMessage, ReplyRequest, StatusRequest)
+    schemas["Error"] = {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "array"}},
+    }
+    schemas["Accepted"] = {
+        "type": "object",
+        "properties": {"message_id": {"type": "integer"}, "conversation_id": {"type": "integer"},
+                       "tracking_number": {"type": "string"}, "duplicate": {"type": "boolean"}},
+    }
+    bearer = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "omnichannel", "version": __version__,
+                 "description": "Citizens' complaints from every channel, routed to the OPD "
+                                "that must act on them."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/webhooks/api": {"post": {
+                "summary": "Submit a citizen's message from a trusted system",
+                "security": bearer,
+                "requestBody": _json_body("ApiMessage"),
+                "responses": {
+                    "201": {"description": "stored durably", "content": {"application/json": {
+                        "schema": {"$ref": _REF.format(model="Accepted")}}}},
+                    "200": {"description": "already stored (repeated external_id)",
+                            "content": {"application/json": {
+                                "schema": {"$ref": _REF.format(model="Accepted")}}}},
+                    "400": _error("malformed JSON"), "413": _error("body too large"),
+                    "422": _error("invalid fields"), **_AUTH_ERRORS,
+                },
+            }},
+            "/api/v1/conversations": {"get": {
+                "summary": "List conversations, newest first",
+                "security": bearer,
+                "parameters": [
+                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {
+                        "type": "string", "enum": ["new", "open", "pending", "resolved",
+                                                   "closed"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                 "maximum": 500}},
+                    {"name": "before", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": _ok("conversations"), "400": _error("bad filter"),
+                              **_AUTH_ERRORS},
+            }},
+            "/api/v1/conversations/{id}": {"get": {
+                "summary": "One conversation with its messages",
+                "security": bearer, "parameters": [_ID],
+                "responses": {"200": _ok("the conversation"), "404": _error("no such id"),
+                              **_AUTH_ERRORS},
+            }},
+            "/api/v1/conversations/{id}/messages": {"post": {
+                "summary": "Reply to the citizen through the conversation's channel",
+                "security": bearer, "parameters": [_ID],
+                "requestBody": _json_body("ReplyRequest"),
+                "responses": {"202": _ok("queued for delivery"), "404": _error("no such id"),
+                              "422": _error("invalid fields"), **_AUTH_ERRORS},
+            }},
+            "/api/v1/conversations/{id}/status": {"post": {
+                "summary": "Change a conversation's status",
+                "security": bearer, "parameters": [_ID],
+                "requestBody": _json_body("StatusRequest"),
+                "responses": {"200": _ok("changed"), "404": _error("no such id"),
+                              "409": _error("would open a second active conversation"),
+                              "422": _error("invalid status"), **_AUTH_ERRORS},
+            }},
+            "/api/v1/events": {"get": {
+                "summary": "Server-sent events of routed messages as they are confirmed",
+                "security": bearer,
+                "parameters": [{"name": "queue", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "text/event-stream of `routed` events"},
+                              **_AUTH_ERRORS},
+            }},
+            "/api/v1/admin/rules/reload": {"post": {
+                "summary": "Reload the routing rules file",
+                "security": bearer,
+                "responses": {"200": _ok("reloaded"),
+                              "422": _error("invalid file; previous rules stay in force"),
+                              **_AUTH_ERRORS},
+            }},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("alive")}}},
+            "/readyz": {"get": {"summary": "Readiness of database and bus",
+                                "responses": {"200": _ok("ready"), "503": _ok("not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text exposition"}}}},
+        },
+    }

@@ -1,0 +1,190 @@
+"""Store suite (runs on SQLite and PostgreSQL): idempotent ingest, conversations, ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from omnichannel.model import (
+    TRIAGE,
+    Attachment,
+    ConversationStatus,
+    InboundMessage,
+    Location,
+    RouteDecision,
+    Sender,
+)
+from omnichannel.store import outbox, queries
+from omnichannel.store.database import Database
+from omnichannel.store.ingest import Ingestor, Stored
+
+T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+
+
+def keyword_router(message: InboundMessage) -> RouteDecision:
+    """A tiny stand-in router: 'sampah' goes to dlhp, 'jalan' to dinas-pupr, else triage."""
+    text = message.text.lower()
+    if "sampah" in text:
+        return RouteDecision("dlhp", "sampah", "matched sampah")
+    if "jalan" in text:
+        return RouteDecision("dinas-pupr", "jalan", "matched jalan")
+    return RouteDecision(TRIAGE, None, "no rule matched")
+
+
+def msg(external_id: str, text: str = "sampah menumpuk", sender: str = "6281234567890",
+        sent_at: datetime | None = T0, account: str = "default", **kw: object) -> InboundMessage:
+    return InboundMessage(channel="api", account=account, external_id=external_id,
+                          sender=Sender(id=sender, name="Ibu Rina"), text=text, sent_at=sent_at,
+                          raw={"id": external_id}, **kw)  # type: ignore[arg-type]
+
+
+async def ingest(db: Database, *messages: InboundMessage) -> list[Stored]:
+    async with db.ingest.begin() as conn:
+        return await Ingestor(keyword_router, "AMB").ingest(conn, list(messages))
+
+
+async def count(db: Database, table: str) -> int:
+    async with db.api.connect() as conn:
+        return int((await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+async def test_first_message_opens_a_routed_conversation(db: Database) -> None:
+    [stored] = await ingest(db, msg("m1", attachments=(Attachment("image/jpeg", 10, "http://x/a.jpg"),),
+                                    location=Location(-3.69, 128.18)))
+    assert not stored.duplicate
+    assert re.fullmatch(r"AMB-\d{4}-\d{6}", stored.tracking_number)
+    assert stored.tracking_number.endswith(f"{stored.conversation_id:06d}")
+    assert stored.event is not None and stored.event.queue == "dlhp"
+    assert stored.event.rule == "sampah"
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, stored.conversation_id)
+    assert conv is not None
+    assert conv["queue"] == "dlhp" and conv["status"] == "new"
+    assert conv["tracking_number"] == stored.tracking_number
+    [m] = conv["messages"]
+    assert m["text"] == "sampah menumpuk" and m["direction"] == "inbound"
+    assert m["attachments"][0]["url"] == "http://x/a.jpg"
+    assert m["location"]["latitude"] == pytest.approx(-3.69)
+    assert datetime.fromisoformat(m["sent_at"]) == T0
+
+
+async def test_repeated_delivery_is_stored_once(db: Database) -> None:
+    first, again_in_batch = await ingest(db, msg("dup"), msg("dup"))
+    [again_later] = await ingest(db, msg("dup", text="changed text"))
+    assert not first.duplicate
+    assert again_in_batch.duplicate and again_later.duplicate
+    assert again_later.message_id == first.message_id == again_in_batch.message_id
+    assert again_later.event is None
+    assert await count(db, "message") == 1
+
+
+async def test_same_external_id_on_other_account_is_another_message(db: Database) -> None:
+    a, b = await ingest(db, msg("same", account="form-a"), msg("same", account="form-b"))
+    assert a.message_id != b.message_id and not b.duplicate
+
+
+async def test_messages_join_the_active_conversation_until_it_is_resolved(db: Database) -> None:
+    [a] = await ingest(db, msg("a"))
+    [b] = await ingest(db, msg("b", sent_at=T0 + timedelta(minutes=1)))
+    assert a.conversation_id == b.conversation_id
+    async with db.api.begin() as conn:
+        assert await queries.set_status(conn, a.conversation_id, ConversationStatus.RESOLVED)
+    [c] = await ingest(db, msg("c", sent_at=T0 + timedelta(minutes=2)))
+    assert c.conversation_id != a.conversation_id
+    assert c.tracking_number != a.tracking_number
+    # Reopening the old one now would give the contact two active conversations.
+    async with db.api.begin() as conn:
+        with pytest.raises(queries.ConflictError):
+            await queries.set_status(conn, a.conversation_id, ConversationStatus.OPEN)
+
+
+async def test_database_refuses_a_second_active_conversation(db: Database) -> None:
+    [a] = await ingest(db, msg("a"))
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.api.begin() as conn:
+            await conn.execute(sa.text(
+                "INSERT INTO conversation (contact_id, channel, account, status, created_at,"
+                " updated_at, last_message_at) SELECT contact_id, channel, account, 'open',"
+                " created_at, updated_at, last_message_at FROM conversation WHERE id = :id"
+            ), {"id": a.conversation_id})
+
+
+async def test_concurrent_workers_never_open_two_conversations(db: Database) -> None:
+    # Several workers, each in its own transaction, get one message of the same new contact.
+    results = await asyncio.gather(*(
+        ingest(db, msg(f"race-{i}", sent_at=T0 + timedelta(milliseconds=200 * i)))
+        for i in range(6)
+    ))
+    conversation_ids = {r[0].conversation_id for r in results}
+    assert len(conversation_ids) == 1
+    assert await count(db, "conversation") == 1
+    assert await count(db, "contact") == 1
+    assert await count(db, "message") == 6
+
+
+async def test_thread_is_in_the_citizens_order(db: Database) -> None:
+    later = msg("later", text="jalan juga rusak", sent_at=T0 + timedelta(seconds=30))
+    earlier = msg("earlier", text="sampah menumpuk", sent_at=T0)
+    [x] = await ingest(db, later)
+    [y] = await ingest(db, earlier)
+    assert x.conversation_id == y.conversation_id
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, x.conversation_id)
+    assert conv is not None
+    assert [m["external_id"] for m in conv["messages"]] == ["earlier", "later"]
+
+
+async def test_greeting_waits_in_triage_then_content_routes_the_conversation(
+    db: Database,
+) -> None:
+    [hello] = await ingest(db, msg("h", text="halo min"))
+    assert hello.event is not None and hello.event.queue == TRIAGE
+    [content] = await ingest(db, msg("c", text="jalan di depan rumah rusak",
+                                     sent_at=T0 + timedelta(seconds=5)))
+    assert content.conversation_id == hello.conversation_id
+    assert content.event is not None and content.event.queue == "dinas-pupr"
+    [more] = await ingest(db, msg("s", text="sampah juga", sent_at=T0 + timedelta(seconds=9)))
+    # Once routed, the conversation stays with its OPD; later messages follow it there.
+    assert more.event is not None and more.event.queue == "dinas-pupr"
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, hello.conversation_id)
+    assert conv is not None and conv["queue"] == "dinas-pupr" and conv["rule"] == "jalan"
+
+
+async def test_contact_is_shared_across_accounts_of_one_channel(db: Database) -> None:
+    a, b = await ingest(db, msg("x", account="one"), msg("y", account="two"))
+    assert a.conversation_id != b.conversation_id
+    assert a.event is not None and b.event is not None
+    assert a.event.contact_id == b.event.contact_id
+    assert await count(db, "contact") == 1
+
+
+async def test_nul_bytes_are_removed_from_text(db: Database) -> None:
+    [s] = await ingest(db, msg("nul", text="sampah\x00 di got"))
+    assert s.event is not None and s.event.text == "sampah di got"
+
+
+async def test_outbox_lists_unpublished_until_marked(db: Database) -> None:
+    stored = await ingest(db, msg("o1"), msg("o2", sender="other"))
+    async with db.api.connect() as conn:
+        pending = await outbox.unpublished(conn, 0, 100)
+    assert [e.message_id for e in pending] == sorted(s.message_id for s in stored)
+    assert pending[0] == next(s.event for s in stored if s.message_id == pending[0].message_id)
+    async with db.ingest.begin() as conn:
+        await outbox.mark_published(conn, [pending[0].message_id])
+    async with db.api.connect() as conn:
+        rest = await outbox.unpublished(conn, 0, 100)
+    assert [e.message_id for e in rest] == [pending[1].message_id]
+
+
+async def test_large_batch_is_stored_in_one_transaction(db: Database) -> None:
+    batch = [msg(f"b{i}", sender=f"citizen-{i % 50}", sent_at=T0 + timedelta(seconds=i))
+             for i in range(300)]
+    stored = await ingest(db, *batch)
+    assert len({s.message_id for s in stored}) == 300
+    assert len({s.conversation_id for s in stored}) == 50
+    assert await count(db, "contact") == 50
