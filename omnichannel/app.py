@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import aiohttp
 import structlog
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from omnichannel import metrics
 from omnichannel.adapters import api as api_channel
-from omnichannel.bus import Bus, make_bus
+from omnichannel.bus import Bus, Subscription, make_bus
 from omnichannel.delivery import ApiCallbackSender, Deliverer, Sender
 from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
 from omnichannel.inbox.api import routes as inbox_routes
@@ -45,7 +45,7 @@ class Engine:
             api_pool_size=settings.api_pool_size,
             api_statement_timeout_s=settings.api_statement_timeout_s,
         )
-        self.bus: Bus = make_bus(settings.broker_url)
+        self.bus: Bus = make_bus(settings.broker_url, prefix=settings.broker_prefix)
         self.publisher = Publisher(self.db, self.bus)
         # SQLite has one writer at a time: more writer tasks would only queue for its lock.
         writers = 1 if settings.is_sqlite else settings.ingest_pool_size
@@ -54,7 +54,7 @@ class Engine:
             batch_size=settings.ingest_batch_size, workers=writers,
         )
         self.live: set[asyncio.Queue[RoutedEvent]] = set()
-        self.publisher.add_listener(self._fan_out)
+        self._subscriptions: dict[str, Subscription] = {}
         self._http: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer = Deliverer(self.db, {}, attempts=1, timeout_s=1)
 
@@ -64,7 +64,7 @@ class Engine:
             sender=message.sender.id,
         )
 
-    def reload_rules(self) -> list[str]:
+    async def reload_rules(self) -> list[str]:
         """Load the rules file again; on any error keep the rules in force and return the errors."""
         try:
             rules = load_rules(self.settings.rules_path)
@@ -72,9 +72,22 @@ class Engine:
             errors = [str(e) for e in exc.errors]
             log.error("rules_reload_refused", errors=errors)
             return errors
+        await self._declare(rules.opds)
         self.rules = rules
         log.info("rules_reloaded", opds=len(rules.opds))
         return []
+
+    async def _declare(self, codes: Iterable[str]) -> None:
+        """Declare the queues of `codes` and, in process, consume the ones not yet consumed."""
+        await self.bus.start(list(codes))
+        if not self.settings.broker_url:
+            # In process, the engine is the consumer of its own queues: the live view.
+            for code in codes:
+                if code not in self._subscriptions:
+                    self._subscriptions[code] = await self.bus.consume(code, self._consume_live)
+
+    async def _consume_live(self, event: RoutedEvent) -> None:
+        await self._fan_out((event,))
 
     async def _fan_out(self, events: Sequence[RoutedEvent]) -> None:
         for listener in list(self.live):
@@ -88,7 +101,11 @@ class Engine:
     async def start(self) -> None:
         """Migrate the database, declare the bus topology and start every stage."""
         await upgrade(self.settings.database_url)
-        await self.bus.start(list(self.rules.opds))
+        await self._declare(self.rules.opds)
+        if self.settings.broker_url:
+            # RabbitMQ's OPD queues belong to their consumers; this process shows agents
+            # what it has published itself.
+            self.publisher.add_listener(self._fan_out)
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
         )
@@ -113,6 +130,8 @@ class Engine:
         await self.pipeline.stop()
         await self.publisher.stop()
         await self.deliverer.stop()
+        for subscription in self._subscriptions.values():
+            await subscription.cancel()
         if self._http is not None:
             await self._http.close()
         await self.bus.close()
@@ -182,10 +201,9 @@ async def reload_rules_view(request: web.Request) -> web.Response:
     """Reload the rules file; a broken file is refused and the rules in force stay."""
     engine: Engine = request.app["engine"]
     require_bearer(request, engine.settings.agent_token, "the admin API")
-    errors = engine.reload_rules()
+    errors = await engine.reload_rules()
     if errors:
         fail(422, "the rules file is invalid; the previous rules stay in force", errors=errors)
-    await engine.bus.start(list(engine.rules.opds))
     return json_response({"status": "reloaded", "opds": sorted(engine.rules.opds)})
 
 

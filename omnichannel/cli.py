@@ -49,8 +49,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def on_startup(app: web.Application) -> None:
         engine: Engine = app["engine"]
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, engine.reload_rules)
+        reloads: set[asyncio.Task[list[str]]] = app["reloads"]
 
+        def reload() -> None:
+            task = asyncio.ensure_future(engine.reload_rules())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+    app["reloads"] = set()
     app.on_startup.append(on_startup)
     log.info("listening", host=settings.host, port=settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)

@@ -8,7 +8,9 @@ import sys
 import structlog
 
 #: Keys whose values are replaced before a log line is rendered.
-_SECRET_KEYS = frozenset({"token", "api_token", "agent_token", "authorization", "password", "secret"})
+_SECRET_KEYS = frozenset(
+    {"token", "api_token", "agent_token", "authorization", "password", "secret"}
+)
 
 
 def _mask_secrets(

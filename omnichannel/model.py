@@ -163,7 +163,9 @@ class RoutedEvent:
             "rule": self.rule,
             "channel": self.channel,
             "account": self.account,
-            "contact": {"id": self.contact_id, "sender_id": self.sender_id, "name": self.sender_name},
+            "contact": {
+                "id": self.contact_id, "sender_id": self.sender_id, "name": self.sender_name,
+            },
             "text": self.text,
             "sent_at": self.sent_at.isoformat(),
             "received_at": self.received_at.isoformat(),

@@ -56,8 +56,7 @@ class IngestPipeline:
     async def stop(self) -> None:
         """Finish what was accepted, then stop the writers."""
         self._closing = True
-        while not self._queue.empty():
-            await asyncio.sleep(0.01)
+        await self._queue.join()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -78,7 +77,11 @@ class IngestPipeline:
             batch = [first]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _write(
         self, batch: list[tuple[InboundMessage, asyncio.Future[Stored], float]]
@@ -166,10 +169,10 @@ class Publisher:
         """Wait until every queued event is confirmed and marked."""
         await self._idle.wait()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Publish what is queued (within `timeout`), then stop."""
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Publish what is queued (for up to `grace_s` seconds), then stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.drain(), timeout)
+            await asyncio.wait_for(self.drain(), grace_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

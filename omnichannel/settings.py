@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     port: int = 8080
     database_url: str = "sqlite+aiosqlite:///omnichannel.db"
     broker_url: str | None = None
+    #: Names of the exchange and queues start with this (`<prefix>.routed`, `<prefix>.opd.<code>`).
+    broker_prefix: str = Field(default="omnichannel", pattern=r"^[a-z0-9][a-z0-9_.-]{0,49}$")
     rules_path: Path = Path("config/routing.yaml")
     tracking_prefix: str = Field(default="AMB", pattern=r"^[A-Z0-9]{1,10}$")
     #: Bearer token of trusted systems posting to `/webhooks/api`; unset disables the endpoint.
@@ -105,7 +107,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config_path: Path | None = None) -> Settings:
-    """Load settings from `config_path` (or `OMNICHANNEL_CONFIG`, or the default file if present)."""
+    """Load settings from `config_path`, else `OMNICHANNEL_CONFIG`, else the default file."""
     if config_path is None:
         env_path = os.environ.get("OMNICHANNEL_CONFIG")
         if env_path:

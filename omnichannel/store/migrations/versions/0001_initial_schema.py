@@ -8,9 +8,8 @@ Create Date: 2026-11-28 12:17:33.449446
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel  # noqa: F401  (autogenerate renders sqlmodel.sql.sqltypes.AutoString)
+import sqlmodel
 from alembic import op
-
 
 revision: str = "0001"
 down_revision: str | None = None
