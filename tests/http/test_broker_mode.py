@@ -1,0 +1,89 @@
+"""End to end on the real servers: HTTP in, PostgreSQL, RabbitMQ OPD queue out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from omnichannel.model import InboundMessage, Sender
+from tests.conftest import BROKER_URL, PG_URL
+from tests.http.conftest import (
+    AGENT_AUTH,
+    API_AUTH,
+    MakeClient,
+    assert_all_published,
+    delete_topology,
+)
+from tests.http.test_webhook_api import GOOD
+
+
+@pytest.fixture
+async def prefix(broker_prefix: str) -> AsyncIterator[str]:
+    yield broker_prefix
+    await delete_topology(broker_prefix)
+
+
+async def test_message_lands_on_its_opd_queue_in_rabbitmq(
+    make_client: MakeClient, prefix: str
+) -> None:
+    client = await make_client("postgresql", broker_url=BROKER_URL, broker_prefix=prefix)
+    resp = await client.post("/webhooks/api", json=GOOD, headers=API_AUTH)
+    assert resp.status == 201
+    accepted = await resp.json()
+    await assert_all_published(prefix, {accepted["message_id"]}, queue="dlhp")
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"database": True, "bus": True}
+
+
+async def test_every_message_of_a_burst_is_published_once_routed(
+    make_client: MakeClient, prefix: str
+) -> None:
+    client = await make_client("postgresql", broker_url=BROKER_URL, broker_prefix=prefix)
+    posts = [client.post("/webhooks/api", json={**GOOD, "external_id": f"b{i}",
+                                                "sender_id": f"s{i % 13}"}, headers=API_AUTH)
+             for i in range(300)]
+    ids = {(await r.json())["message_id"] for r in await asyncio.gather(*posts)}
+    assert len(ids) == 300
+    await assert_all_published(prefix, ids, queue="dlhp")
+    engine = client.server.app["engine"]
+    await engine.publisher.drain()
+    async with engine.db.api.connect() as conn:
+        unpublished = (await conn.execute(sa.text(
+            "SELECT count(*) FROM message WHERE published_at IS NULL"))).scalar_one()
+    assert unpublished == 0
+
+
+async def test_ingest_is_not_starved_by_slow_agent_queries(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    if not PG_URL:
+        pytest.skip("PostgreSQL not configured: set OMNICHANNEL_TEST_DATABASE_URL")
+    client = await make_client("postgresql", api_pool_size=2)
+    engine = client.server.app["engine"]
+    sleep_s = 4.0
+
+    async def slow_query() -> Any:
+        async with engine.db.api.connect() as conn:
+            await conn.execute(sa.text("SELECT pg_sleep(:s)"), {"s": sleep_s})
+
+    # Every connection agents' queries may use is now busy for seconds.
+    hogs = [asyncio.create_task(slow_query()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    started = time.perf_counter()
+    stored = await asyncio.gather(*(engine.pipeline.submit(InboundMessage(
+        channel="api", account="default", external_id=f"starve-{i}",
+        sender=Sender(id=f"c{i}"), text="sampah menumpuk")) for i in range(20)))
+    elapsed = time.perf_counter() - started
+    assert all(not s.duplicate for s in stored)
+    assert elapsed < sleep_s / 2, f"ingest waited {elapsed:.2f}s behind agents' queries"
+    assert not any(h.done() for h in hogs)
+    await asyncio.gather(*hogs)
+    resp = await client.get("/api/v1/conversations", headers=AGENT_AUTH)
+    assert resp.status == 200
