@@ -237,8 +237,10 @@ class RabbitBus(Bus):
                 return f"nacked by the broker ({exc})"
             except TimeoutError:
                 return f"no confirm within {self.publish_timeout}s"
-            except _BROKER_ERRORS as exc:
-                return f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                # Whatever stopped the confirm (aiormq fails pending confirms with a bare
+                # Exception when the connection drops), the event is not known to be stored.
+                return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(result, aiormq.spec.Basic.Ack):
             return None
         return f"unexpected confirm {result!r}"

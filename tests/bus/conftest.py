@@ -112,7 +112,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         async def memory_dead(count: int, seconds: float) -> list[RoutedEvent]:
             async with asyncio.timeout(seconds):
                 # The dead-letter list is a plain list: poll it.
-                while len(memory.dead_letters) < count:  # noqa: ASYNC110
+                while len(memory.dead_letters) < count:
                     await asyncio.sleep(0.01)
             return [d.event for d in memory.dead_letters]
 
