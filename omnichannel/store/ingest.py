@@ -14,19 +14,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnichannel.model import TRIAGE, InboundMessage, RouteDecision, RoutedEvent
 from omnichannel.store.tables import (
     ACTIVE_CONDITION,
-    Contact,
-    ContactIdentity,
-    Conversation,
-    Message,
+    CONTACT,
+    CONTACT_IDENTITY,
+    CONVERSATION,
+    MESSAGE,
     utcnow,
 )
 
 Router = Callable[[InboundMessage], RouteDecision]
 
-_contact = sa.inspect(Contact).local_table
-_identity = sa.inspect(ContactIdentity).local_table
-_conversation = sa.inspect(Conversation).local_table
-_message = sa.inspect(Message).local_table
+_contact = CONTACT
+_identity = CONTACT_IDENTITY
+_conversation = CONVERSATION
+_message = MESSAGE
 
 #: Rules that only an agent sets; the router never moves such a conversation again.
 MANUAL_RULE_PREFIX = "manual:"

@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnichannel.model import Attachment, Location, RoutedEvent
 from omnichannel.store.ingest import as_utc
-from omnichannel.store.tables import Conversation, Message, utcnow
+from omnichannel.store.tables import CONVERSATION, MESSAGE, utcnow
 
-_conversation = sa.inspect(Conversation).local_table
-_message = sa.inspect(Message).local_table
+_conversation = CONVERSATION
+_message = MESSAGE
 
 
 async def unpublished(conn: AsyncConnection, after_id: int, limit: int) -> list[RoutedEvent]:

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnichannel.model import ConversationStatus, DeliveryStatus, Direction
 from omnichannel.store.ingest import as_utc
-from omnichannel.store.tables import Contact, Conversation, Message, utcnow
+from omnichannel.store.tables import CONTACT, CONVERSATION, MESSAGE, utcnow
 
-_contact = sa.inspect(Contact).local_table
-_conversation = sa.inspect(Conversation).local_table
-_message = sa.inspect(Message).local_table
+_contact = CONTACT
+_conversation = CONVERSATION
+_message = MESSAGE
 
 
 class ConflictError(Exception):
@@ -77,7 +77,7 @@ async def get_conversation(conn: AsyncConnection, conversation_id: int) -> dict[
     return result
 
 
-async def conversation_channel(conn: AsyncConnection, conversation_id: int) -> sa.Row[Any] | None:
+async def conversation_channel(conn: AsyncConnection, conversation_id: int) -> Any:
     """Channel, account and the contact's address on it, for sending a reply."""
     c = _conversation.c
     return (

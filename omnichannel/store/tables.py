@@ -126,3 +126,16 @@ class Message(SQLModel, table=True):
     delivery_status: str | None = Field(default=None, max_length=16)
     delivery_error: str | None = Field(default=None)
     delivery_attempts: int = Field(default=0)
+
+
+def _table(model: type[SQLModel]) -> sa.Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, sa.Table)
+    return table
+
+
+#: Core handles of the tables, for bulk statements that bypass the ORM.
+CONTACT = _table(Contact)
+CONTACT_IDENTITY = _table(ContactIdentity)
+CONVERSATION = _table(Conversation)
+MESSAGE = _table(Message)
