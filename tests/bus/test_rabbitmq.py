@@ -129,9 +129,6 @@ async def test_published_message_is_persistent_json_with_message_id(rabbit: Rabb
     assert message.routing_key == "opd.dinas-pupr"
     assert message.exchange == rabbit.exchange_name
     assert message.headers["schema-version"] == EVENT_SCHEMA_VERSION
-    assert message.headers["queue"] == A
-    assert message.headers["conversation-id"] == event.conversation_id
-    assert message.headers["tracking-number"] == event.tracking_number
     assert json.loads(message.body) == event.to_json()
     assert RoutedEvent.from_json(json.loads(message.body)) == event
 
