@@ -76,6 +76,9 @@ log = structlog.get_logger(__name__)
 #: AMQP `type` property of a published event.
 MESSAGE_TYPE = "omnichannel.routed"
 
+#: Arguments of the dead-letter queue.
+DEAD_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
 # Placeholder result of an event whose publish has not finished.
 _PENDING = "pending"
 
@@ -156,25 +159,31 @@ class RabbitBus(Bus):
         async with self._lock:
             self._check_open()
             topology = await self._connect()
+            new_codes = [code for code in dict.fromkeys(queue_codes) if code not in self._codes]
+            first = self._exchange is None
+            if not first and not new_codes:
+                return
             try:
-                if self._exchange is None:
+                # The broker closes the channel of a refused declaration (e.g. a queue that
+                # exists with other arguments): try everything on a throwaway channel first so
+                # the long-lived topology channel never sees a refusal.
+                await self._probe(new_codes, first)
+                if first:
                     dead_exchange = await topology.declare_exchange(
                         self.dead_exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
                     )
                     dead_queue = await topology.declare_queue(
-                        self.dead_queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+                        self.dead_queue_name, durable=True, arguments=DEAD_QUEUE_ARGUMENTS
                     )
                     await dead_queue.bind(dead_exchange, "#")
                     exchange = await topology.declare_exchange(
                         self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
                     )
                     assert self._publisher is not None
-                    # Same exchange seen from the publishing channel; declaring it again there
-                    # would only cost a round trip.
+                    # The same exchange seen from the publishing channel.
                     self._exchange = await self._publisher.get_exchange(exchange.name, ensure=False)
-                for code in dict.fromkeys(queue_codes):
-                    if code in self._codes:
-                        continue
+                for code in new_codes:
+                    # Declared on the robust channel, they are declared again after a reconnect.
                     queue = await topology.declare_queue(
                         self.queue_name(code), durable=True, arguments=self.queue_arguments()
                     )
@@ -183,6 +192,28 @@ class RabbitBus(Bus):
             except _BROKER_ERRORS as exc:
                 raise BusError(f"cannot declare RabbitMQ topology: {exc!r}") from exc
         log.info("bus.started", broker="rabbitmq", prefix=self.prefix, queues=sorted(self._codes))
+
+    async def _probe(self, codes: Sequence[str], exchanges: bool) -> None:
+        """Declare on a plain short-lived channel; raises what the broker refuses."""
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:
+            raise BusError("not connected to RabbitMQ")
+        channel = await transport.connection.channel(publisher_confirms=False)
+        try:
+            if exchanges:
+                for name in (self.dead_exchange_name, self.exchange_name):
+                    await channel.exchange_declare(name, exchange_type="topic", durable=True)
+                await channel.queue_declare(
+                    self.dead_queue_name, durable=True, arguments=DEAD_QUEUE_ARGUMENTS
+                )
+            for code in codes:
+                await channel.queue_declare(
+                    self.queue_name(code), durable=True, arguments=self.queue_arguments()
+                )
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     async def publish(self, events: Sequence[RoutedEvent]) -> None:
         """Publish all events with many confirms outstanding; wait for every one of them.
@@ -293,6 +324,7 @@ class RabbitBus(Bus):
             raise BusError(f"queue {queue_code!r} is not declared; call start() first")
         connection = self._connection
         assert connection is not None
+        channel: AbstractRobustChannel | None = None
         try:
             channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch)
@@ -304,6 +336,9 @@ class RabbitBus(Bus):
             subscription = _RabbitSubscription(self, queue_code, channel, queue, handler)
             await subscription.start()
         except _BROKER_ERRORS as exc:
+            if channel is not None:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    await channel.close()
             raise BusError(f"cannot consume {queue_code!r}: {exc!r}") from exc
         self._subscriptions.add(subscription)
         return subscription
@@ -345,11 +380,15 @@ class RabbitBus(Bus):
             )
         except _BROKER_ERRORS as exc:
             raise BusError(f"cannot connect to RabbitMQ: {exc!r}") from exc
-        self._connection = connection
-        self._topology = await connection.channel(publisher_confirms=False)
-        # Returns raise PublishError in the publishing task, so `mandatory` means something.
-        self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return self._topology
+        try:
+            topology = await connection.channel(publisher_confirms=False)
+            # Returns raise PublishError in the publishing task, so `mandatory` means something.
+            publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except _BROKER_ERRORS as exc:
+            await connection.close()
+            raise BusError(f"cannot open RabbitMQ channels: {exc!r}") from exc
+        self._connection, self._topology, self._publisher = connection, topology, publisher
+        return topology
 
     def _check_open(self) -> None:
         if self._closed:

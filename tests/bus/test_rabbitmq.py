@@ -277,3 +277,31 @@ async def test_events_in_the_dead_letter_queue_survive_a_redeclare(rabbit: Rabbi
     await subscription.cancel()
     await rabbit.start([A, B])  # a rules reload must not purge anything
     assert await drain_queue(rabbit.dead_queue_name, 1, 10) == [event]
+
+
+async def test_conflicting_queue_is_a_bus_error_and_the_bus_stays_usable(
+    rabbit: RabbitBus,
+) -> None:
+    await rabbit.start([A])
+    clash = "legacy"
+    connection = await aio_pika.connect(BROKER_URL)
+    try:
+        channel = await connection.channel()
+        # A queue someone declared by hand with other arguments: RabbitMQ refuses to redeclare.
+        await channel.declare_queue(rabbit.queue_name(clash), durable=True)
+        with pytest.raises(BusError, match="PRECONDITION_FAILED"):
+            await rabbit.start([clash])
+        assert clash not in rabbit.queue_codes
+
+        await rabbit.start([A, B])
+        collector = Collector()
+        subscription = await rabbit.consume(B, collector)
+        event = make_event(B)
+        await rabbit.publish([event])
+        assert [e.message_id for e in await collector.wait_for(1)] == [event.message_id]
+        await subscription.cancel()
+        assert await rabbit.ping() is True
+    finally:
+        channel = await connection.channel()
+        await channel.queue_delete(rabbit.queue_name(clash))
+        await connection.close()
