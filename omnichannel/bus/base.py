@@ -18,8 +18,9 @@ from omnichannel.model import RoutedEvent
 #: A handler of one routed event; raising makes the bus redeliver the event.
 Handler = Callable[[RoutedEvent], Awaitable[None]]
 
-#: Redeliveries after the first attempt before an event is dead-lettered (RabbitMQ semantics of
-#: `x-delivery-limit`: a handler sees one event at most `DEFAULT_DELIVERY_LIMIT + 1` times).
+#: Failed deliveries an event may have before the next failure dead-letters it (RabbitMQ's
+#: `x-delivery-limit`): handlers see one event at most `DEFAULT_DELIVERY_LIMIT + 1` times. A
+#: delivery fails when the handler raises or when its consumer stops before it is acknowledged.
 DEFAULT_DELIVERY_LIMIT = 5
 
 # A code becomes part of a routing key (`opd.<code>`) and a queue name: no dots, no topic

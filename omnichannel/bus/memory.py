@@ -191,22 +191,26 @@ class _MemorySubscription(Subscription):
     async def _handle(self, delivery: _Delivery) -> None:
         try:
             await self._handler(decode_event(delivery.body))
-        except asyncio.CancelledError:
-            # Unacknowledged when the consumer stopped: back to the queue, like a closed channel.
-            self._queue.items.put_nowait(delivery)
+        except asyncio.CancelledError as exc:
+            # Stopped unacknowledged (the consumer was cancelled): back to the queue, counted
+            # as a failed delivery as RabbitMQ counts a message returned by a closed channel.
+            self._fail(delivery, exc)
             raise
         except Exception as exc:
-            delivery.failures += 1
-            if delivery.failures > self._bus.delivery_limit:
-                self._bus._dead_letter(self._queue, delivery, exc)
-            else:
-                log.warning(
-                    "bus.handler_failed",
-                    queue=self._queue.code,
-                    message_id=delivery.message_id,
-                    failures=delivery.failures,
-                    error=repr(exc),
-                )
-                self._queue.items.put_nowait(delivery)
+            self._fail(delivery, exc)
         finally:
             self._slots.release()
+
+    def _fail(self, delivery: _Delivery, error: BaseException) -> None:
+        delivery.failures += 1
+        if delivery.failures > self._bus.delivery_limit:
+            self._bus._dead_letter(self._queue, delivery, error)
+            return
+        log.warning(
+            "bus.handler_failed",
+            queue=self._queue.code,
+            message_id=delivery.message_id,
+            failures=delivery.failures,
+            error=repr(error),
+        )
+        self._queue.items.put_nowait(delivery)

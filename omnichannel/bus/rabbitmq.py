@@ -437,7 +437,7 @@ class _RabbitSubscription(Subscription):
                 amqp_message_id=message.message_id,
                 error=repr(exc),
             )
-            await message.reject(requeue=False)
+            await _settle(message.reject(requeue=False))
             return
         try:
             await self._handler(event)
@@ -464,9 +464,15 @@ class _RabbitSubscription(Subscription):
                 with contextlib.suppress(*_BROKER_ERRORS):
                     await self._queue.cancel(self._tag)
             if self._handlers:
-                # Handlers in progress may still ack; unacked messages return to the queue when
-                # the channel closes.
-                await asyncio.wait(set(self._handlers), timeout=self._bus.drain_timeout)
+                # Handlers in progress may still ack. Those that overrun are cancelled; their
+                # messages, unacked, return to the queue when the channel closes.
+                _, overrun = await asyncio.wait(
+                    set(self._handlers), timeout=self._bus.drain_timeout
+                )
+                for task in overrun:
+                    task.cancel()
+                if overrun:
+                    await asyncio.wait(overrun)
             with contextlib.suppress(*_BROKER_ERRORS):
                 await self._channel.close()
         finally:

@@ -25,6 +25,8 @@ NO_BROKER = (
 
 #: Small, so that poison-message tests finish quickly.
 DELIVERY_LIMIT = 2
+#: How long `Subscription.cancel` lets handlers finish in tests.
+DRAIN_TIMEOUT = 1.0
 
 WIT = timezone(timedelta(hours=9), "WIT")
 _ids = itertools.count(1_000_001)
@@ -107,7 +109,7 @@ class Harness:
 @pytest.fixture(params=["memory", "rabbitmq"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
-        memory = MemoryBus(delivery_limit=DELIVERY_LIMIT, drain_timeout=5)
+        memory = MemoryBus(delivery_limit=DELIVERY_LIMIT, drain_timeout=DRAIN_TIMEOUT)
 
         async def memory_dead(count: int, seconds: float) -> list[RoutedEvent]:
             async with asyncio.timeout(seconds):
@@ -160,7 +162,7 @@ def make_rabbit_bus(prefix: str, **kwargs: Any) -> RabbitBus:
     options: dict[str, Any] = {
         "prefix": prefix,
         "delivery_limit": DELIVERY_LIMIT,
-        "drain_timeout": 5,
+        "drain_timeout": DRAIN_TIMEOUT,
         "connection_name": f"omnichannel-{prefix}",
     }
     options.update(kwargs)

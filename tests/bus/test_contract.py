@@ -10,7 +10,7 @@ import pytest
 
 from omnichannel.bus import BusError
 from omnichannel.model import RoutedEvent
-from tests.bus.conftest import DELIVERY_LIMIT, Collector, Harness, make_event
+from tests.bus.conftest import DELIVERY_LIMIT, DRAIN_TIMEOUT, Collector, Harness, make_event
 
 A, B, C = "dinas-pupr", "perkim", "triage"
 
@@ -232,6 +232,37 @@ async def test_cancel_waits_for_handlers_in_progress(harness: Harness) -> None:
     await asyncio.sleep(0.3)
     await subscription.cancel()
     assert again.events == []
+
+
+async def test_handler_overrunning_cancel_is_stopped_and_its_event_redelivered(
+    harness: Harness,
+) -> None:
+    bus = harness.bus
+    await bus.start([A])
+    started = asyncio.Event()
+    stopped: list[str] = []
+
+    async def stuck(event: RoutedEvent) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.append("cancelled")
+            raise
+
+    subscription = await bus.consume(A, stuck)
+    event = make_event(A)
+    await bus.publish([event])
+    async with asyncio.timeout(10):
+        await started.wait()
+    async with asyncio.timeout(DRAIN_TIMEOUT + 5):
+        await subscription.cancel()
+    assert stopped == ["cancelled"]
+
+    again = Collector()
+    subscription = await bus.consume(A, again)
+    assert [e.message_id for e in await again.wait_for(1)] == [event.message_id]
+    await subscription.cancel()
 
 
 async def test_ping_and_close(harness: Harness) -> None:
