@@ -30,12 +30,20 @@ Message format (one message per `RoutedEvent`):
   `message_id=str(event.message_id)` (the stored message's id: consumers dedupe by it, since
   delivery is at least once and a failed batch is published again), `type=omnichannel.routed`,
   `app_id=omnichannel`, `timestamp` = publish time (UTC, whole seconds).
-- headers: `schema-version` (int, = `EVENT_SCHEMA_VERSION`; also `schema` in the body).
+- headers: `schema-version` (int, = `EVENT_SCHEMA_VERSION`; also `schema` in the body). On a
+  redelivery the quorum queue adds `x-delivery-count` (failed deliveries so far).
 
-Publishing uses publisher confirms with many messages in flight at once (a confirm per message
-awaited one at a time caps near 1.5k/s; concurrency gives several times that). A robust
-connection restores topology and consumers after a reconnect but does not replay publishes that
-failed meanwhile: `publish` raises `BusError` and the caller retries.
+Delivery: a consumer's handler runs per event, up to `prefetch` at once; the event is acked when
+the handler returns and nacked with requeue when it raises. A delivery also fails when its
+consumer stops before the ack (RabbitMQ 3.10 counts those returns too). Delivery is at least
+once: consumers dedupe by `message_id`.
+
+Publishing: publisher confirms with up to `max_in_flight` messages awaiting their confirm at once
+(confirms awaited one at a time cap near 1.5k/s). `publish` returns when all are acked and raises
+`BusError` (with the failed ids) if any was returned unroutable, nacked, lost with the
+connection, or unconfirmed for `publish_timeout` seconds. The robust connection restores
+topology and consumers after a reconnect, and `publish` waits for that, but nothing replays a
+publish that failed: the caller retries the batch.
 """
 
 from __future__ import annotations
