@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 
@@ -48,12 +49,12 @@ class Engine:
         self.bus: Bus = make_bus(settings.broker_url, prefix=settings.broker_prefix)
         self.publisher = Publisher(self.db, self.bus)
         # SQLite has one writer at a time: more writer tasks would only queue for its lock.
-        writers = 1 if settings.is_sqlite else settings.ingest_pool_size
+        writers = 1 if settings.is_sqlite else settings.ingest_writers
         self.pipeline = IngestPipeline(
             self.db, Ingestor(self._route, settings.tracking_prefix), self.publisher,
             batch_size=settings.ingest_batch_size, workers=writers,
         )
-        self.live: set[asyncio.Queue[RoutedEvent]] = set()
+        self.live: set[asyncio.Queue[RoutedEvent | None]] = set()
         self._subscriptions: dict[str, Subscription] = {}
         self._http: aiohttp.ClientSession | None = None
         self.deliverer: Deliverer = Deliverer(self.db, {}, attempts=1, timeout_s=1)
@@ -124,6 +125,12 @@ class Engine:
         log.info("engine_started", database=self.db.dialect,
                  bus="rabbitmq" if self.settings.broker_url else "in-process",
                  opds=len(self.rules.opds))
+
+    def end_live_streams(self) -> None:
+        """Tell every live (SSE) listener to finish, so shutdown need not wait for them."""
+        for listener in list(self.live):
+            with contextlib.suppress(asyncio.QueueFull):
+                listener.put_nowait(None)
 
     async def stop(self) -> None:
         """Stop taking messages, publish what was stored, then release every resource."""
@@ -221,7 +228,11 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
         yield
         await engine.stop()
 
+    async def on_shutdown(_app: web.Application) -> None:
+        engine.end_live_streams()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
     app.router.add_post("/webhooks/api", webhook_api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -124,7 +124,7 @@ class Deliverer:
 
     async def _record(self, message_id: int, status: DeliveryStatus, attempts: int,
                       error: str | None = None, external_id: str | None = None) -> None:
-        async with self._db.api.begin() as conn:
+        async with self._db.write(self._db.api) as conn:
             await queries.record_delivery(conn, message_id, status=status, attempts=attempts,
                                           error=error, external_id=external_id)
 

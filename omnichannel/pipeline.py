@@ -116,7 +116,7 @@ class IngestPipeline:
         self._publisher.submit(events)
 
     async def _transaction(self, messages: list[InboundMessage]) -> list[Stored]:
-        async with self._db.ingest.begin() as conn:
+        async with self._db.write() as conn:
             return await self._ingestor.ingest(conn, messages)
 
 
@@ -215,19 +215,19 @@ class Publisher:
                 delay = min(delay * 2, self._retry_max_s)
         for event in batch:
             metrics.EVENTS_PUBLISHED.labels(event.queue).inc()
-        await self._mark(batch)
         for listener in self._listeners:
             try:
                 await listener(batch)
             except Exception:
                 log.exception("event_listener_failed")
+        await self._mark(batch)
 
     async def _mark(self, batch: list[RoutedEvent]) -> None:
         ids = [e.message_id for e in batch]
         delay = 0.05
         while True:
             try:
-                async with self._db.ingest.begin() as conn:
+                async with self._db.write() as conn:
                     await outbox.mark_published(conn, ids)
                 return
             except sa.exc.DBAPIError:

@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Largest number of inbound messages written in one database transaction.
     ingest_batch_size: int = Field(default=256, gt=0)
-    #: Connections reserved for ingest, apart from those serving agents' queries.
+    #: Transactions writing batches at once (PostgreSQL; SQLite has one writer). Fewer writers
+    #: make bigger batches, and a batch costs about as many round trips as a single message.
+    ingest_writers: int = Field(default=2, gt=0)
+    #: Connections reserved for ingest and the outbox, apart from those serving agents' queries.
     ingest_pool_size: int = Field(default=4, gt=0)
     api_pool_size: int = Field(default=5, gt=0)
     #: Agents' queries are cancelled after this many seconds so they cannot hold the database.

@@ -100,7 +100,7 @@ async def reply(request: web.Request) -> web.Response:
     conversation_id = _int(request.match_info["id"], "conversation id")
     assert conversation_id is not None
     body: ReplyRequest = await _body(request, ReplyRequest, engine)
-    async with engine.db.api.begin() as conn:
+    async with engine.db.write(engine.db.api) as conn:
         target = await queries.conversation_channel(conn, conversation_id)
         if target is None:
             fail(404, f"conversation {conversation_id} does not exist")
@@ -120,7 +120,7 @@ async def set_status(request: web.Request) -> web.Response:
     assert conversation_id is not None
     body: StatusRequest = await _body(request, StatusRequest, engine)
     try:
-        async with engine.db.api.begin() as conn:
+        async with engine.db.write(engine.db.api) as conn:
             found = await queries.set_status(conn, conversation_id, body.status)
     except queries.ConflictError as exc:
         fail(409, str(exc))
@@ -138,12 +138,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
     })
     await response.prepare(request)
-    inbox: asyncio.Queue[RoutedEvent] = asyncio.Queue(maxsize=10000)
+    inbox: asyncio.Queue[RoutedEvent | None] = asyncio.Queue(maxsize=10000)
     engine.live.add(inbox)
     try:
         await response.write(b": connected\n\n")
-        while True:
-            event = await inbox.get()
+        # `None` is the engine's word that it is shutting down.
+        while (event := await inbox.get()) is not None:
             if queue_filter is None or event.queue == queue_filter:
                 data = orjson.dumps(event.to_json())
                 await response.write(
@@ -153,3 +153,4 @@ async def events(request: web.Request) -> web.StreamResponse:
         engine.live.discard(inbox)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
+    return response

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
 @dataclass(slots=True)
@@ -16,6 +19,20 @@ class Database:
     url: str
     ingest: AsyncEngine
     api: AsyncEngine
+    #: SQLite has one writer at a time, and a connection waiting for its lock polls with
+    #: sleeps of up to 100 ms: queueing this process's writers here keeps that wait short.
+    _sqlite_writer: asyncio.Lock | None = field(default=None, repr=False)
+
+    @contextlib.asynccontextmanager
+    async def write(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on `engine` (default: the ingest engine), committed on exit."""
+        engine = engine or self.ingest
+        if self._sqlite_writer is None:
+            async with engine.begin() as conn:
+                yield conn
+            return
+        async with self._sqlite_writer, engine.begin() as conn:
+            yield conn
 
     @property
     def dialect(self) -> str:
@@ -70,7 +87,8 @@ def create_database(
 ) -> Database:
     """Create the engines for `url` (an SQLAlchemy async URL)."""
     if url.startswith("sqlite"):
-        return Database(url=url, ingest=_sqlite_engine(url), api=_sqlite_engine(url))
+        return Database(url=url, ingest=_sqlite_engine(url), api=_sqlite_engine(url),
+                        _sqlite_writer=asyncio.Lock())
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
     ingest = create_async_engine(
