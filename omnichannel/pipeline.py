@@ -130,7 +130,8 @@ class Publisher:
 
     Events come straight from ingest; after a restart, those never confirmed are read back
     from the database. The bus may see an event twice (consumers dedupe by message id), but
-    never loses one.
+    never loses one. Relay workers keep several batches in flight on the bus; one marker
+    records the confirmed ids, coalescing them into as few database writes as it can.
     """
 
     def __init__(
@@ -143,9 +144,11 @@ class Publisher:
         self._workers = workers
         self._retry_max_s = retry_max_s
         self._queue: asyncio.Queue[RoutedEvent] = asyncio.Queue()
+        self._confirmed: list[int] = []
+        self._has_confirmed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[EventListener] = []
-        self._pending = 0
+        self._pending = 0  # submitted, and not yet confirmed and marked
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -164,6 +167,7 @@ class Publisher:
         """Start relaying, after queueing what an earlier run stored but never published."""
         await self._recover()
         self._tasks = [asyncio.create_task(self._relay()) for _ in range(self._workers)]
+        self._tasks.append(asyncio.create_task(self._marker()))
 
     async def drain(self) -> None:
         """Wait until every queued event is confirmed and marked."""
@@ -197,9 +201,8 @@ class Publisher:
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._publish(batch)
-            self._pending -= len(batch)
-            if self._pending == 0:
-                self._idle.set()
+            self._confirmed.extend(e.message_id for e in batch)
+            self._has_confirmed.set()
 
     async def _publish(self, batch: list[RoutedEvent]) -> None:
         delay = 0.05
@@ -220,10 +223,18 @@ class Publisher:
                 await listener(batch)
             except Exception:
                 log.exception("event_listener_failed")
-        await self._mark(batch)
 
-    async def _mark(self, batch: list[RoutedEvent]) -> None:
-        ids = [e.message_id for e in batch]
+    async def _marker(self) -> None:
+        while True:
+            await self._has_confirmed.wait()
+            self._has_confirmed.clear()
+            ids, self._confirmed = self._confirmed, []
+            await self._mark(ids)
+            self._pending -= len(ids)
+            if self._pending == 0:
+                self._idle.set()
+
+    async def _mark(self, ids: list[int]) -> None:
         delay = 0.05
         while True:
             try:

@@ -111,6 +111,7 @@ class Ingestor:
                 _message.c.id, _message.c.conversation_id, _conversation.c.tracking_number,
             )
             .join(_conversation, _conversation.c.id == _message.c.conversation_id)
+            .where(_message.c.external_id.in_({k[2] for k in keys}))
             .where(sa.tuple_(_message.c.channel, _message.c.account,
                              _message.c.external_id).in_(list(keys)))
         )
@@ -154,9 +155,9 @@ class Ingestor:
         self, conn: AsyncConnection, keys: set[tuple[str, str]]
     ) -> dict[tuple[str, str], int]:
         rows = await conn.execute(
-            sa.select(_identity.c.channel, _identity.c.address, _identity.c.contact_id).where(
-                sa.tuple_(_identity.c.channel, _identity.c.address).in_(list(keys))
-            )
+            sa.select(_identity.c.channel, _identity.c.address, _identity.c.contact_id)
+            .where(_identity.c.address.in_({k[1] for k in keys}))
+            .where(sa.tuple_(_identity.c.channel, _identity.c.address).in_(list(keys)))
         )
         return {(r[0], r[1]): r[2] for r in rows}
 
@@ -167,6 +168,7 @@ class Ingestor:
         rows = await conn.execute(
             sa.select(c.id, c.contact_id, c.channel, c.account, c.queue, c.rule,
                       c.tracking_number, c.created_at)
+            .where(c.contact_id.in_({k[0] for k in keys}))
             .where(sa.tuple_(c.contact_id, c.channel, c.account).in_(list(keys)))
             .where(ACTIVE_CONDITION)
         )
@@ -189,21 +191,12 @@ class Ingestor:
             [{"contact_id": k[0], "channel": k[1], "account": k[2], "status": "new",
               "created_at": now, "updated_at": now, "last_message_at": now} for k in missing],
         )
-        numbers = []
         for r in rows:
-            number = tracking_number(self._prefix, r.id, now)
-            numbers.append({"cid": r.id, "tn": number})
+            # Written by the one UPDATE of every touched conversation in `_store_fresh`.
             found[(r.contact_id, r.channel, r.account)] = {
-                "id": r.id, "queue": None, "rule": None, "tracking_number": number,
-                "created_at": now,
+                "id": r.id, "queue": None, "rule": None, "created_at": now,
+                "tracking_number": tracking_number(self._prefix, r.id, now),
             }
-        if numbers:
-            await conn.execute(
-                sa.update(_conversation)
-                .where(_conversation.c.id == sa.bindparam("cid"))
-                .values(tracking_number=sa.bindparam("tn")),
-                numbers,
-            )
         lost = {k for k in missing if k not in found}
         if lost:
             found.update(await self._active_conversations(conn, lost))
@@ -219,7 +212,7 @@ class Ingestor:
         # The citizen's order, not the workers': route and apply messages by provider time.
         ordered = sorted(batch, key=lambda m: m.sent_at or now)
         rows: list[dict[str, Any]] = []
-        routed: dict[int, dict[str, Any]] = {}
+        routed: dict[int, str] = {}
         for m in ordered:
             contact_id = contacts[(m.channel, m.sender.id)]
             conv = conversations[(contact_id, m.channel, m.account)]
@@ -230,8 +223,7 @@ class Ingestor:
                 if queue is None or decision.queue != TRIAGE:
                     queue, rule = decision.queue, decision.rule
                     conv["queue"], conv["rule"] = queue, rule
-                    routed[conv["id"]] = {"cid": conv["id"], "queue": queue, "rule": rule,
-                                          "reason": decision.reason}
+                    routed[conv["id"]] = decision.reason
             rows.append({
                 "conversation_id": conv["id"], "direction": "inbound",
                 "channel": m.channel, "account": m.account, "external_id": m.external_id,
@@ -249,24 +241,31 @@ class Ingestor:
             rows,
         )
         ids = {(r.channel, r.account, r.external_id): r.id for r in inserted}
-        last_at: dict[int, datetime] = {}
+        # One statement for every touched conversation: its tracking number (new ones), its
+        # last message time and, where it was (re)routed, the decision.
+        touched: dict[int, dict[str, Any]] = {}
+        by_id = {conv["id"]: conv for conv in conversations.values()}
         for row in rows:
-            last_at[row["conversation_id"]] = max(
-                row["received_at"], last_at.get(row["conversation_id"], row["received_at"]))
+            conv = by_id[row["conversation_id"]]
+            entry = touched.setdefault(conv["id"], {
+                "cid": conv["id"], "tn": conv["tracking_number"], "at": row["received_at"],
+                "queue": conv["queue"], "rule": conv["rule"], "reason": None,
+            })
+            entry["at"] = max(entry["at"], row["received_at"])
+        for cid, reason in routed.items():
+            touched[cid]["reason"] = reason
+        c = _conversation.c
         await conn.execute(
             sa.update(_conversation)
-            .where(_conversation.c.id == sa.bindparam("cid"))
-            .values(last_message_at=sa.bindparam("at"), updated_at=sa.bindparam("at")),
-            [{"cid": cid, "at": at} for cid, at in last_at.items()],
+            .where(c.id == sa.bindparam("cid"))
+            .values(
+                tracking_number=sa.func.coalesce(c.tracking_number, sa.bindparam("tn")),
+                last_message_at=sa.bindparam("at"), updated_at=sa.bindparam("at"),
+                queue=sa.bindparam("queue"), rule=sa.bindparam("rule"),
+                route_reason=sa.func.coalesce(sa.bindparam("reason"), c.route_reason),
+            ),
+            list(touched.values()),
         )
-        if routed:
-            await conn.execute(
-                sa.update(_conversation)
-                .where(_conversation.c.id == sa.bindparam("cid"))
-                .values(queue=sa.bindparam("queue"), rule=sa.bindparam("rule"),
-                        route_reason=sa.bindparam("reason")),
-                list(routed.values()),
-            )
 
         results: dict[tuple[str, str, str], Stored] = {}
         lost: list[tuple[str, str, str]] = []

@@ -46,7 +46,9 @@ class ContactIdentity(SQLModel, table=True):
     """How one channel addresses a contact (phone number, chat id, e-mail, JID...)."""
 
     __tablename__ = "contact_identity"
-    __table_args__ = (sa.UniqueConstraint("channel", "address"),)
+    # The discriminating column leads, so a batch lookup is an index probe per address
+    # rather than a scan of the whole channel.
+    __table_args__ = (sa.UniqueConstraint("address", "channel"),)
 
     id: int | None = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contact.id", index=True)
@@ -91,8 +93,9 @@ class Message(SQLModel, table=True):
     """One inbound or outbound message, with the provider's raw payload kept for audit."""
 
     __table_args__ = (
-        # A provider's repeated delivery of one message is stored once.
-        sa.UniqueConstraint("channel", "account", "external_id"),
+        # A provider's repeated delivery of one message is stored once. The id leads: a
+        # channel's every message shares the other two columns.
+        sa.UniqueConstraint("external_id", "channel", "account"),
         sa.Index("ix_message_conversation_order", "conversation_id", "sent_at", "id"),
         sa.Index(
             "ix_message_unpublished",

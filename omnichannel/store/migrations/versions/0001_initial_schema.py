@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 12:17:33.449446
+Create Date: 2026-11-28
 """
 
 from collections.abc import Sequence
@@ -37,7 +37,7 @@ def upgrade() -> None:
             ["contact_id"], ["contact.id"], name=op.f("fk_contact_identity_contact_id_contact")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contact_identity")),
-        sa.UniqueConstraint("channel", "address", name=op.f("uq_contact_identity_channel_address")),
+        sa.UniqueConstraint("address", "channel", name=op.f("uq_contact_identity_address_channel")),
     )
     with op.batch_alter_table("contact_identity", schema=None) as batch_op:
         batch_op.create_index(
@@ -110,7 +110,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_message")),
         sa.UniqueConstraint(
-            "channel", "account", "external_id", name=op.f("uq_message_channel_account_external_id")
+            "external_id", "channel", "account", name=op.f("uq_message_external_id_channel_account")
         ),
     )
     with op.batch_alter_table("message", schema=None) as batch_op:
