@@ -396,12 +396,12 @@ class _Parser:
                                f"{seen[name.strip()]})")
                 else:
                     seen[name.strip()] = pos[0] + 1
-            rule = self.rule(item, pos, len(out), opds)
+            rule = self.rule(item, pos, len(out), i + 1, opds)
             if rule is not None and not duplicate:
                 out.append(rule)
         return out
 
-    def rule(self, node: Any, pos: tuple[int, int], index: int,
+    def rule(self, node: Any, pos: tuple[int, int], index: int, number: int,
              opds: dict[str, str]) -> Rule | None:
         before = len(self.errors)
         for key in node:
@@ -410,7 +410,7 @@ class _Parser:
                            f"unknown key {key!r} in rule; expected one of {', '.join(_RULE_KEYS)}")
 
         name = node.get("name")
-        label = "rule"
+        label = f"rule #{number}"
         if "name" not in node:
             self.error(pos, "rule is missing required key 'name'")
         elif not isinstance(name, str) or not name.strip():

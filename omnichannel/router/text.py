@@ -144,10 +144,7 @@ class Normaliser:
             if _CLAUSE_BREAK.search(folded, last_end, start):
                 clause += 1
             last_end = end
-            if where is not None:
-                span = (where[start], where[end - 1] + 1)
-            else:
-                span = (start, end)
+            span = (where[start], where[end - 1] + 1) if where is not None else (start, end)
             for word in self.word(match.group()):
                 words.append(word)
                 spans.append(span)

@@ -1,0 +1,385 @@
+"""The compiled matcher: routes one message in time that grows with its length, not the rules.
+
+How it is compiled (once per rules load):
+
+* every phrase of every rule (``any``, ``all``, ``none``) is normalised once and interned; a
+  phrase used by several rules is matched once and credited to each;
+* a **phrase index** maps the first token of each phrase to the phrases starting with it (and,
+  for ``word*`` prefixes, a second index keyed by prefix length and prefix);
+* each phrase knows which rules use it and how (``any``, which ``all`` group, ``none``);
+* rules without positive phrases (only a regex, or only channel/account/sender) are indexed by
+  their most selective source condition (account, else sender, else channel); rules with no
+  such condition either are kept in a short list checked for every message.
+
+How a message is routed:
+
+1. the text is normalised into tokens once (`omnichannel.router.text`);
+2. a message made only of greetings/fillers (or of no words at all) goes to triage;
+3. for each token position the index gives the few phrases that can start there; each is
+   checked token by token. A match whose first token follows a negation word in the same
+   clause (within ``negation_window`` tokens) is recorded as discarded, unless the phrase itself
+   begins with a negation ("tidak ada air" is a phrase of its own);
+4. only the rules touched by a match (plus the source-indexed ones for this channel, account
+   and sender) are evaluated: source conditions, every ``all`` group, no ``none`` phrase, then
+   -- only for rules whose cheap conditions hold -- their regular expressions, run on the
+   normalised text (tokens joined by single spaces). A rule whose only text condition is a regex
+   is therefore checked on every message: keep regexes few, or pair them with an ``all`` phrase
+   or a channel so that they run only when that holds;
+5. a rule that fires scores ``weight`` times its pieces of evidence: each distinct ``any``
+   phrase, each ``all`` group and each regex that matched (a rule with only source conditions
+   counts one). The lowest tier among fired rules wins outright; within it the rules naming the
+   same queue add up their scores, the highest total wins, and a tie goes to the queue whose
+   first fired rule comes earlier in the file. The deciding rule is that queue's best rule.
+
+So the work per message is the number of tokens times the (small) number of phrases starting
+with each token, plus the rules those phrases touch -- independent of how many rules there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from omnichannel.model import TRIAGE, RouteDecision
+from omnichannel.router.text import Normaliser, Tokens
+
+if TYPE_CHECKING:
+    import re
+
+    from omnichannel.router.rules import Lexicon, Pattern, Rule
+
+_ANY, _ALL, _NONE = 0, 1, 2
+
+
+def format_number(value: float) -> str:
+    """A weight or score without a useless ``.0``."""
+    return f"{value:g}"
+
+
+@dataclass(slots=True)
+class Hit:
+    """One occurrence of a phrase in the message (token positions, end exclusive)."""
+
+    text: str
+    start: int
+    end: int
+    #: Token position of the negation word that discards this hit, if any.
+    negated_by: int | None = None
+
+
+@dataclass(slots=True)
+class RuleResult:
+    """How one candidate rule fared on a message (filled in detail only for `explain`)."""
+
+    rule: Rule
+    fired: bool
+    score: float = 0.0
+    matched: list[Hit] = field(default_factory=list)
+    negated: list[Hit] = field(default_factory=list)
+    groups_matched: list[Hit] = field(default_factory=list)
+    groups_missing: list[tuple[str, ...]] = field(default_factory=list)
+    exceptions: list[Hit] = field(default_factory=list)
+    regex_matched: list[str] = field(default_factory=list)
+    source_ok: bool = True
+    why_not: str = ""
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """Everything known about routing one message; `decision` is what `route` returns."""
+
+    tokens: Tokens
+    decision: RouteDecision
+    greeting: bool = False
+    results: list[RuleResult] = field(default_factory=list)
+    #: Tier that decided, and the score of every queue in it.
+    tier: int | None = None
+    totals: dict[str, float] = field(default_factory=dict)
+
+
+class _State:
+    """Phrase hits of one rule while a message is scanned."""
+
+    __slots__ = ("any_hits", "exceptions", "groups", "negated")
+
+    def __init__(self) -> None:
+        self.any_hits: dict[int, tuple[int, int]] = {}
+        self.groups: dict[int, tuple[int, int, int]] = {}
+        self.exceptions: list[tuple[int, int, int]] = []
+        self.negated: list[tuple[int, int, int, int]] = []
+
+
+class Matcher:
+    """Rules compiled into a phrase index; `evaluate` routes one message."""
+
+    def __init__(self, rules: Sequence[Rule], lexicon: Lexicon, normaliser: Normaliser) -> None:
+        self.rules = tuple(rules)
+        self.normaliser = normaliser
+        self.negations = lexicon.negations
+        self.window = lexicon.negation_window
+        self._patterns: list[Pattern] = []
+        self._texts: list[str] = []
+        self._usage: list[list[tuple[int, int, int]]] = []
+        self._exact: dict[str, list[int]] = {}
+        self._prefix: dict[int, dict[str, list[int]]] = {}
+        self._starts_negated: list[bool] = []
+        ids: dict[Pattern, int] = {}
+
+        def intern(text: str, pattern: Pattern) -> int:
+            pid = ids.get(pattern)
+            if pid is None:
+                pid = ids[pattern] = len(self._patterns)
+                self._patterns.append(pattern)
+                self._texts.append(text)
+                self._usage.append([])
+                first, is_prefix = pattern[0]
+                if is_prefix:
+                    self._prefix.setdefault(len(first), {}).setdefault(first, []).append(pid)
+                else:
+                    self._exact.setdefault(first, []).append(pid)
+                self._starts_negated.append(not is_prefix and first in self.negations)
+            return pid
+
+        self._by_account: dict[str, list[int]] = {}
+        self._by_sender: dict[str, list[int]] = {}
+        self._by_channel: dict[str, list[int]] = {}
+        self._always: list[int] = []
+        for r, rule in enumerate(rules):
+            for phrase in rule.any_of:
+                self._usage[intern(phrase.text, phrase.pattern)].append((r, _ANY, 0))
+            for g, group in enumerate(rule.all_of):
+                for phrase in group:
+                    self._usage[intern(phrase.text, phrase.pattern)].append((r, _ALL, g))
+            for phrase in rule.none_of:
+                self._usage[intern(phrase.text, phrase.pattern)].append((r, _NONE, 0))
+            # A rule that can fire without any phrase hit must be found another way.
+            if rule.all_of or (rule.any_of and not rule.regex):
+                continue
+            if rule.account:
+                for value in rule.account:
+                    self._by_account.setdefault(value, []).append(r)
+            elif rule.sender:
+                for value in rule.sender:
+                    self._by_sender.setdefault(value, []).append(r)
+            elif rule.channel:
+                for value in rule.channel:
+                    self._by_channel.setdefault(value, []).append(r)
+            else:
+                self._always.append(r)
+        self._prefix_lengths = sorted(self._prefix)
+
+        self._greetings: dict[str, list[Pattern]] = {}
+        for phrase in sorted(lexicon.greetings, key=lambda p: -len(p.pattern)):
+            self._greetings.setdefault(phrase.pattern[0][0], []).append(phrase.pattern)
+        self._greeting_prefixes = [p.pattern for p in lexicon.greetings if p.pattern[0][1]]
+
+    # -- scanning ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _matches_at(words: tuple[str, ...], i: int, pattern: Pattern) -> bool:
+        if i + len(pattern) > len(words):
+            return False
+        for j, (token, is_prefix) in enumerate(pattern):
+            word = words[i + j]
+            if is_prefix:
+                if not word.startswith(token):
+                    return False
+            elif word != token:
+                return False
+        return True
+
+    def is_greeting(self, words: tuple[str, ...]) -> bool:
+        """Whether the words are all greetings or fillers (or there are none)."""
+        i = 0
+        while i < len(words):
+            candidates = self._greetings.get(words[i], [])
+            if self._greeting_prefixes:
+                candidates = candidates + self._greeting_prefixes
+            for pattern in candidates:
+                if self._matches_at(words, i, pattern):
+                    i += len(pattern)
+                    break
+            else:
+                return False
+        return True
+
+    def _negated(self, tokens: Tokens) -> list[int]:
+        """For each token, the position of a negation word governing it, else -1."""
+        words, clauses = tokens.words, tokens.clauses
+        out = [-1] * len(words)
+        if not self.window:
+            return out
+        for i, word in enumerate(words):
+            if word in self.negations:
+                for k in range(i + 1, min(i + 1 + self.window, len(words))):
+                    if clauses[k] != clauses[i]:
+                        break
+                    if out[k] < 0:
+                        out[k] = i
+        return out
+
+    def _scan(self, tokens: Tokens) -> dict[int, _State]:
+        words = tokens.words
+        negated = self._negated(tokens)
+        states: dict[int, _State] = {}
+        exact, prefix, lengths = self._exact, self._prefix, self._prefix_lengths
+        patterns, usage, starts_negated = self._patterns, self._usage, self._starts_negated
+        for i, word in enumerate(words):
+            candidates = exact.get(word)
+            if lengths:
+                extra: list[int] = []
+                for length in lengths:
+                    if length > len(word):
+                        break
+                    found = prefix[length].get(word[:length])
+                    if found:
+                        extra.extend(found)
+                if extra:
+                    candidates = (candidates or []) + extra
+            if not candidates:
+                continue
+            for pid in candidates:
+                pattern = patterns[pid]
+                if len(pattern) > 1 and not self._matches_at(words, i, pattern):
+                    continue
+                end = i + len(pattern)
+                by = negated[i] if not starts_negated[pid] else -1
+                for r, kind, group in usage[pid]:
+                    state = states.get(r)
+                    if state is None:
+                        state = states[r] = _State()
+                    if by >= 0:
+                        state.negated.append((pid, i, end, by))
+                    elif kind == _ANY:
+                        state.any_hits.setdefault(pid, (i, end))
+                    elif kind == _ALL:
+                        state.groups.setdefault(group, (pid, i, end))
+                    else:
+                        state.exceptions.append((pid, i, end))
+        return states
+
+    def _candidates(self, states: dict[int, _State], channel: str | None, account: str | None,
+                    sender: str | None) -> list[int]:
+        found = set(states)
+        if account is not None and account in self._by_account:
+            found.update(self._by_account[account])
+        if sender is not None and sender in self._by_sender:
+            found.update(self._by_sender[sender])
+        if channel is not None:
+            found.update(self._by_channel.get(channel.casefold(), ()))
+        found.update(self._always)
+        return sorted(found)
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def evaluate(self, text: str, channel: str | None, account: str | None,
+                 sender: str | None, *, detail: bool = False) -> Evaluation:
+        """Route `text`; with `detail`, keep a `RuleResult` for every rule that was looked at."""
+        tokens = self.normaliser.tokens(text)
+        if self.is_greeting(tokens.words):
+            why = ("greeting or filler only" if tokens.words else "no words in the message")
+            return Evaluation(tokens, RouteDecision(TRIAGE, None, why), greeting=True)
+
+        states = self._scan(tokens)
+        joined: str | None = None
+        fired: list[tuple[Rule, float, _State]] = []
+        results: list[RuleResult] = []
+        empty = _State()
+        for r in self._candidates(states, channel, account, sender):
+            rule = self.rules[r]
+            state = states.get(r, empty)
+            result = RuleResult(rule, False) if detail else None
+            if result is not None:
+                self._describe_hits(tokens, state, result)
+            why_not = ""
+            if not rule.source_matches(channel, account, sender):
+                why_not = "channel/account/sender does not match"
+                if result is not None:
+                    result.source_ok = False
+            elif len(state.groups) < len(rule.all_of):
+                why_not = "an 'all' group is missing"
+            elif state.exceptions:
+                why_not = "an exception ('none') matched"
+            regex_hits: list[str] = []
+            if not why_not and rule.regex:
+                if joined is None:
+                    joined = " ".join(tokens.words)
+                regex_hits = [p.pattern for p in rule.regex if _search(p, joined)]
+            if not why_not and (rule.any_of or rule.regex) and not state.any_hits \
+                    and not regex_hits:
+                why_not = ("only negated matches" if state.negated
+                           else "no 'any' phrase or regex matched")
+            if result is not None:
+                result.regex_matched = regex_hits
+                result.why_not = why_not
+                results.append(result)
+            if why_not:
+                continue
+            evidence = len(state.any_hits) + len(rule.all_of) + len(regex_hits)
+            score = rule.weight * max(evidence, 1)
+            fired.append((rule, score, state))
+            if result is not None:
+                result.fired = True
+                result.score = score
+
+        if not fired:
+            why = "no rule matched"
+            if any(s.negated for s in states.values()):
+                why += " (some phrases were discarded by negation)"
+            return Evaluation(tokens, RouteDecision(TRIAGE, None, why), results=results)
+
+        tier = min(rule.tier for rule, _, _ in fired)
+        totals: dict[str, float] = {}
+        best: dict[str, tuple[float, Rule, _State]] = {}
+        for rule, score, state in fired:
+            if rule.tier != tier:
+                continue
+            totals[rule.queue] = round(totals.get(rule.queue, 0.0) + score, 6)
+            if rule.queue not in best or score > best[rule.queue][0]:
+                best[rule.queue] = (score, rule, state)
+        first: dict[str, int] = {}
+        for rule, _, _ in fired:
+            if rule.tier == tier:
+                first.setdefault(rule.queue, rule.index)
+        queue = max(totals, key=lambda q: (totals[q], -first[q]))
+        score, rule, state = best[queue]
+        reason = self._reason(rule, score, totals[queue], state, tokens, channel, account,
+                              sender, joined)
+        return Evaluation(tokens, RouteDecision(queue, rule.name, reason), results=results,
+                          tier=tier, totals=totals)
+
+    def _reason(self, rule: Rule, score: float, total: float, state: _State, tokens: Tokens,
+                channel: str | None, account: str | None, sender: str | None,
+                joined: str | None) -> str:
+        parts = [f'"{self._texts[pid]}"' for pid in state.any_hits]
+        parts += [f'"{self._texts[pid]}"' for pid, _, _ in state.groups.values()]
+        if rule.regex:
+            text = joined if joined is not None else " ".join(tokens.words)
+            parts += [f"/{p.pattern}/" for p in rule.regex if _search(p, text)]
+        if parts:
+            what = "matched " + ", ".join(dict.fromkeys(parts))
+        else:
+            source = [f"{k} {v}" for k, v, cond in (("channel", channel, rule.channel),
+                                                     ("account", account, rule.account),
+                                                     ("sender", sender, rule.sender)) if cond]
+            what = "came through " + ", ".join(source)
+        numbers = f"tier {rule.tier}, weight {format_number(rule.weight)}, " \
+                  f"score {format_number(score)}"
+        if total != score:
+            numbers += f", queue total {format_number(total)}"
+        return f"{what} ({numbers})"
+
+    def _describe_hits(self, tokens: Tokens, state: _State, result: RuleResult) -> None:
+        texts = self._texts
+        result.matched = [Hit(texts[pid], s, e) for pid, (s, e) in state.any_hits.items()]
+        result.groups_matched = [Hit(texts[pid], s, e) for pid, s, e in state.groups.values()]
+        result.exceptions = [Hit(texts[pid], s, e) for pid, s, e in state.exceptions]
+        result.negated = [Hit(texts[pid], s, e, by) for pid, s, e, by in state.negated]
+        result.groups_missing = [tuple(p.text for p in group)
+                                 for g, group in enumerate(result.rule.all_of)
+                                 if g not in state.groups]
+
+
+def _search(pattern: re.Pattern[str], text: str) -> bool:
+    return pattern.search(text) is not None
