@@ -214,6 +214,17 @@ def _codes() -> list[str]:
     return list(load_rules(REPO / "config" / "routing.yaml").opds)
 
 
+async def _delete_topology(url: str, prefix: str, codes: list[str]) -> None:
+    """Remove the run's queues and exchanges: idle quorum queues still cost the broker."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for name in [f"{prefix}.opd.{code}" for code in codes] + [f"{prefix}.dead"]:
+            await channel.queue_delete(name)
+        for name in (f"{prefix}.routed", f"{prefix}.dead"):
+            await channel.exchange_delete(name)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     agent = secrets.token_urlsafe(24)
@@ -256,6 +267,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["raw_confirmed_publish_per_s"] = round(raw, 1)
             result["ratio_to_raw"] = round(full["throughput_per_s"] / raw, 3)
     finally:
+        if args.mode == "broker":
+            await _delete_topology(args.broker_url, prefix, _codes())
         if dbname:
             admin = await asyncpg.connect(args.database_url)
             await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -135,7 +135,7 @@ class Publisher:
     """
 
     def __init__(
-        self, db: Database, bus: Bus, *, batch_size: int = 500, workers: int = 4,
+        self, db: Database, bus: Bus, *, batch_size: int = 200, workers: int = 8,
         retry_max_s: float = 5.0,
     ) -> None:
         self._db = db
