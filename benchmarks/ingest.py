@@ -39,7 +39,7 @@ import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from publish import raw_publish_rate  # noqa: E402
+from publish import raw_publish_rate
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -77,8 +77,8 @@ class Listener:
         self.arrived.setdefault(json.loads(body)["message_id"], time.perf_counter())
         self.changed.set()
 
-    async def wait_for(self, ids: set[int], timeout: float) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, ids: set[int], limit_s: float) -> None:
+        async with asyncio.timeout(limit_s):
             while not ids <= self.arrived.keys():
                 self.changed.clear()
                 await self.changed.wait()
@@ -165,7 +165,7 @@ async def phase(
     run = uuid.uuid4().hex[:8]
     started = time.perf_counter()
     sent, answered = await post_all(session, base, token, n, concurrency, run, rate)
-    await listener.wait_for(set(sent), timeout=300)
+    await listener.wait_for(set(sent), limit_s=300)
     finished = max(listener.arrived[i] for i in sent)
     latencies = [(listener.arrived[i] - t0) * 1000 for i, t0 in sent.items()]
     return {

@@ -55,7 +55,7 @@ def openapi_document() -> dict[str, Any]:
         "properties": {"message_id": {"type": "integer"}, "conversation_id": {"type": "integer"},
                        "tracking_number": {"type": "string"}, "duplicate": {"type": "boolean"}},
     }
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "omnichannel", "version": __version__,
