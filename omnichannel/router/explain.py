@@ -15,6 +15,9 @@ def _hit(evaluation: Evaluation, hit: Hit) -> str:
     text = f'"{hit.text}"'
     if source.casefold() != hit.text.casefold():
         text += f' (as "{source}")'
+    if hit.place:
+        word = evaluation.tokens.source(hit.start - 1, hit.start)
+        text += f' [after place word "{word}": counts half]'
     return text
 
 
@@ -44,6 +47,9 @@ def _details(evaluation: Evaluation, result: RuleResult) -> list[str]:
     if result.negated:
         lines.append("discarded by negation: "
                      + ", ".join(_negated(evaluation, h) for h in result.negated))
+    if result.shadowed:
+        lines.append("inside a longer phrase, not counted: "
+                     + ", ".join(_hit(evaluation, h) for h in result.shadowed))
     if result.exceptions:
         lines.append("exception (none) found: "
                      + ", ".join(_hit(evaluation, h) for h in result.exceptions))

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from omnichannel.model import TRIAGE, RouteDecision
+from omnichannel.router.rules import PLACE_FACTOR as _PLACE_FACTOR
 from omnichannel.router.text import Normaliser, Tokens
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class Hit:
     end: int
     #: Token position of the negation word that discards this hit, if any.
     negated_by: int | None = None
+    #: Whether it follows a place word ("di", "depan", ...) and so counts half.
+    place: bool = False
 
 
 @dataclass(slots=True)
@@ -77,6 +80,7 @@ class RuleResult:
     score: float = 0.0
     matched: list[Hit] = field(default_factory=list)
     negated: list[Hit] = field(default_factory=list)
+    shadowed: list[Hit] = field(default_factory=list)
     groups_matched: list[Hit] = field(default_factory=list)
     groups_missing: list[tuple[str, ...]] = field(default_factory=list)
     exceptions: list[Hit] = field(default_factory=list)
@@ -101,10 +105,12 @@ class Evaluation:
 class _State:
     """Phrase hits of one rule while a message is scanned."""
 
-    __slots__ = ("any_hits", "exceptions", "groups", "negated")
+    __slots__ = ("any_hits", "exceptions", "groups", "negated", "shadowed")
 
     def __init__(self) -> None:
-        self.any_hits: dict[int, tuple[int, int]] = {}
+        #: phrase id -> (start, end, factor); factor is 0.5 after a place word.
+        self.any_hits: dict[int, tuple[int, int, float]] = {}
+        self.shadowed: list[tuple[int, int, int]] = []
         self.groups: dict[int, tuple[int, int, int]] = {}
         self.exceptions: list[tuple[int, int, int]] = []
         self.negated: list[tuple[int, int, int, int]] = []
@@ -118,12 +124,15 @@ class Matcher:
         self.normaliser = normaliser
         self.negations = lexicon.negations
         self.window = lexicon.negation_window
+        self.places = lexicon.place_words
         self._patterns: list[Pattern] = []
         self._texts: list[str] = []
         self._usage: list[list[tuple[int, int, int]]] = []
         self._exact: dict[str, list[int]] = {}
         self._prefix: dict[int, dict[str, list[int]]] = {}
         self._starts_negated: list[bool] = []
+        self._starts_place: list[bool] = []
+        self._positive: list[bool] = []
         ids: dict[Pattern, int] = {}
 
         def intern(text: str, pattern: Pattern) -> int:
@@ -139,6 +148,8 @@ class Matcher:
                 else:
                     self._exact.setdefault(first, []).append(pid)
                 self._starts_negated.append(not is_prefix and first in self.negations)
+                self._starts_place.append(not is_prefix and first in self.places)
+                self._positive.append(False)
             return pid
 
         self._by_account: dict[str, list[int]] = {}
@@ -147,10 +158,14 @@ class Matcher:
         self._always: list[int] = []
         for r, rule in enumerate(rules):
             for phrase in rule.any_of:
-                self._usage[intern(phrase.text, phrase.pattern)].append((r, _ANY, 0))
+                pid = intern(phrase.text, phrase.pattern)
+                self._usage[pid].append((r, _ANY, 0))
+                self._positive[pid] = True
             for g, group in enumerate(rule.all_of):
                 for phrase in group:
-                    self._usage[intern(phrase.text, phrase.pattern)].append((r, _ALL, g))
+                    pid = intern(phrase.text, phrase.pattern)
+                    self._usage[pid].append((r, _ALL, g))
+                    self._positive[pid] = True
             for phrase in rule.none_of:
                 self._usage[intern(phrase.text, phrase.pattern)].append((r, _NONE, 0))
             # A rule that can fire without any phrase hit must be found another way.
@@ -204,15 +219,15 @@ class Matcher:
                 return False
         return True
 
-    def _negated(self, tokens: Tokens) -> list[int]:
-        """For each token, the position of a negation word governing it, else -1."""
+    def _context(self, tokens: Tokens, words_set: frozenset[str], window: int) -> list[int]:
+        """For each token, the position of a word of `words_set` governing it, else -1."""
         words, clauses = tokens.words, tokens.clauses
         out = [-1] * len(words)
-        if not self.window:
+        if not window or not words_set:
             return out
         for i, word in enumerate(words):
-            if word in self.negations:
-                for k in range(i + 1, min(i + 1 + self.window, len(words))):
+            if word in words_set:
+                for k in range(i + 1, min(i + 1 + window, len(words))):
                     if clauses[k] != clauses[i]:
                         break
                     if out[k] < 0:
@@ -221,10 +236,9 @@ class Matcher:
 
     def _scan(self, tokens: Tokens) -> dict[int, _State]:
         words = tokens.words
-        negated = self._negated(tokens)
-        states: dict[int, _State] = {}
         exact, prefix, lengths = self._exact, self._prefix, self._prefix_lengths
-        patterns, usage, starts_negated = self._patterns, self._usage, self._starts_negated
+        patterns = self._patterns
+        found: list[tuple[int, int, int]] = []
         for i, word in enumerate(words):
             candidates = exact.get(word)
             if lengths:
@@ -232,31 +246,52 @@ class Matcher:
                 for length in lengths:
                     if length > len(word):
                         break
-                    found = prefix[length].get(word[:length])
-                    if found:
-                        extra.extend(found)
+                    hit = prefix[length].get(word[:length])
+                    if hit:
+                        extra.extend(hit)
                 if extra:
                     candidates = (candidates or []) + extra
             if not candidates:
                 continue
             for pid in candidates:
                 pattern = patterns[pid]
-                if len(pattern) > 1 and not self._matches_at(words, i, pattern):
-                    continue
-                end = i + len(pattern)
-                by = negated[i] if not starts_negated[pid] else -1
-                for r, kind, group in usage[pid]:
-                    state = states.get(r)
-                    if state is None:
-                        state = states[r] = _State()
-                    if by >= 0:
-                        state.negated.append((pid, i, end, by))
-                    elif kind == _ANY:
-                        state.any_hits.setdefault(pid, (i, end))
-                    elif kind == _ALL:
-                        state.groups.setdefault(group, (pid, i, end))
-                    else:
-                        state.exceptions.append((pid, i, end))
+                if len(pattern) == 1 or self._matches_at(words, i, pattern):
+                    found.append((pid, i, i + len(pattern)))
+        if not found:
+            return {}
+
+        # Longest match wins: an `any` match inside a longer phrase match does not count.
+        positive = self._positive
+        reach = [0] * (len(words) + 1)
+        longest = 1
+        for pid, start, end in found:
+            if positive[pid]:
+                reach[start] = max(reach[start], end)
+                longest = max(longest, end - start)
+        negated = self._context(tokens, self.negations, self.window)
+        places = self._context(tokens, self.places, 1)
+        usage, starts_negated, starts_place = self._usage, self._starts_negated, self._starts_place
+        states: dict[int, _State] = {}
+        for pid, start, end in found:
+            shadowed = reach[start] > end or any(
+                reach[k] >= end for k in range(max(0, start - longest), start))
+            by = negated[start] if not starts_negated[pid] else -1
+            factor = _PLACE_FACTOR if places[start] >= 0 and not starts_place[pid] else 1.0
+            for r, kind, group in usage[pid]:
+                state = states.get(r)
+                if state is None:
+                    state = states[r] = _State()
+                if by >= 0:
+                    state.negated.append((pid, start, end, by))
+                elif kind == _ANY:
+                    if shadowed:
+                        state.shadowed.append((pid, start, end))
+                    elif state.any_hits.get(pid, (0, 0, 0.0))[2] < factor:
+                        state.any_hits[pid] = (start, end, factor)
+                elif kind == _ALL:
+                    state.groups.setdefault(group, (pid, start, end))
+                else:
+                    state.exceptions.append((pid, start, end))
         return states
 
     def _candidates(self, states: dict[int, _State], channel: str | None, account: str | None,
@@ -308,7 +343,8 @@ class Matcher:
                 regex_hits = [p.pattern for p in rule.regex if _search(p, joined)]
             if not why_not and (rule.any_of or rule.regex) and not state.any_hits \
                     and not regex_hits:
-                why_not = ("only negated matches" if state.negated
+                why_not = ("its phrases occur only negated or inside longer phrases"
+                           if state.negated or state.shadowed
                            else "no 'any' phrase or regex matched")
             if result is not None:
                 result.regex_matched = regex_hits
@@ -316,8 +352,11 @@ class Matcher:
                 results.append(result)
             if why_not:
                 continue
-            evidence = len(state.any_hits) + len(rule.all_of) + len(regex_hits)
-            score = rule.weight * max(evidence, 1)
+            evidence = sum(f for _, _, f in state.any_hits.values())
+            evidence += len(rule.all_of) + len(regex_hits)
+            if not rule.has_text_conditions:
+                evidence = 1.0
+            score = round(rule.weight * evidence, 6)
             fired.append((rule, score, state))
             if result is not None:
                 result.fired = True
@@ -372,7 +411,9 @@ class Matcher:
 
     def _describe_hits(self, tokens: Tokens, state: _State, result: RuleResult) -> None:
         texts = self._texts
-        result.matched = [Hit(texts[pid], s, e) for pid, (s, e) in state.any_hits.items()]
+        result.matched = [Hit(texts[pid], s, e, place=f < 1)
+                          for pid, (s, e, f) in state.any_hits.items()]
+        result.shadowed = [Hit(texts[pid], s, e) for pid, s, e in state.shadowed]
         result.groups_matched = [Hit(texts[pid], s, e) for pid, s, e in state.groups.values()]
         result.exceptions = [Hit(texts[pid], s, e) for pid, s, e in state.exceptions]
         result.negated = [Hit(texts[pid], s, e, by) for pid, s, e, by in state.negated]

@@ -25,7 +25,11 @@ DEFAULT_TIER = 2
 #: How many tokens after a negation word a phrase may start and still be negated.
 DEFAULT_NEGATION_WINDOW = 1
 
-_TOP_KEYS = ("version", "opds", "aliases", "negations", "negation_window", "greetings", "rules")
+#: How much a phrase counts when it follows a place word ("di", "depan", ...): it names where.
+PLACE_FACTOR = 0.5
+
+_TOP_KEYS = ("version", "opds", "aliases", "negations", "negation_window", "place_words",
+             "greetings", "rules")
 _RULE_KEYS = ("name", "queue", "tier", "weight", "any", "all", "none", "regex", "channel",
               "account", "sender")
 _CODE = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -102,10 +106,11 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Lexicon:
-    """File-wide vocabulary: negation words, greetings, aliases."""
+    """File-wide vocabulary: negation words, place words, greetings, aliases."""
 
     negations: frozenset[str] = frozenset()
     negation_window: int = DEFAULT_NEGATION_WINDOW
+    place_words: frozenset[str] = frozenset()
     greetings: tuple[Phrase, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
 
@@ -244,11 +249,12 @@ class _Parser:
         self.normaliser = Normaliser(aliases)
         opds = self.opds(doc)
         negations, window = self.negations(doc)
+        places = self.words(doc, "place_words") if "place_words" in doc else frozenset()
         greetings = self.phrases(doc, "greetings", "greetings") if "greetings" in doc else ()
         rules = self.rules(doc, opds)
         if self.errors:
             raise RulesError(sorted(self.errors, key=lambda e: (e.line, e.column)))
-        lexicon = Lexicon(negations, window, greetings, aliases)
+        lexicon = Lexicon(negations, window, places, greetings, aliases)
         return RuleSet(opds, rules, lexicon, self.normaliser)
 
     def aliases(self, doc: Any) -> dict[str, str]:
@@ -297,15 +303,7 @@ class _Parser:
         return out
 
     def negations(self, doc: Any) -> tuple[frozenset[str], int]:
-        words: set[str] = set()
-        for item, pos in self.items(doc, "negations", "negations") if "negations" in doc else ():
-            phrase = self.phrase(item, pos, "negations")
-            if phrase is None:
-                continue
-            if len(phrase.pattern) != 1 or phrase.pattern[0][1]:
-                self.error(pos, f"negations: {phrase} must be a single word")
-            else:
-                words.add(phrase.pattern[0][0])
+        words = self.words(doc, "negations") if "negations" in doc else frozenset()
         window = DEFAULT_NEGATION_WINDOW
         if "negation_window" in doc:
             value = doc["negation_window"]
@@ -315,7 +313,20 @@ class _Parser:
                            f"found {value!r}")
             else:
                 window = value
-        return frozenset(words), window
+        return words, window
+
+    def words(self, doc: Any, key: str) -> frozenset[str]:
+        """A list of single words (negations, place words), normalised."""
+        words: set[str] = set()
+        for item, pos in self.items(doc, key, key):
+            phrase = self.phrase(item, pos, key)
+            if phrase is None:
+                continue
+            if len(phrase.pattern) != 1 or phrase.pattern[0][1]:
+                self.error(pos, f"{key}: {phrase} must be a single word")
+            else:
+                words.add(phrase.pattern[0][0])
+        return frozenset(words)
 
     # -- lists of phrases --------------------------------------------------------------------
 
