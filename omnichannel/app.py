@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from omnichannel import metrics
 from omnichannel.adapters import api as api_channel
+from omnichannel.appkeys import ENGINE
 from omnichannel.bus import Bus, Subscription, make_bus
 from omnichannel.delivery import ApiCallbackSender, Deliverer, Sender
 from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
@@ -148,7 +149,7 @@ class Engine:
 
 async def webhook_api(request: web.Request) -> web.Response:
     """Take one message from a trusted system; 2xx only once it is stored durably."""
-    engine: Engine = request.app["engine"]
+    engine = request.app[ENGINE]
     started = time.perf_counter()
     try:
         require_bearer(request, engine.settings.api_token, "the api channel")
@@ -186,7 +187,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the database and the bus both answer."""
-    engine: Engine = request.app["engine"]
+    engine = request.app[ENGINE]
     checks = {"database": await engine.db.ping(), "bus": await engine.bus.ping()}
     ok = all(checks.values())
     return json_response({"status": "ok" if ok else "unavailable", "checks": checks},
@@ -206,7 +207,7 @@ async def openapi_view(_request: web.Request) -> web.Response:
 
 async def reload_rules_view(request: web.Request) -> web.Response:
     """Reload the rules file; a broken file is refused and the rules in force stay."""
-    engine: Engine = request.app["engine"]
+    engine = request.app[ENGINE]
     require_bearer(request, engine.settings.agent_token, "the admin API")
     errors = await engine.reload_rules()
     if errors:
@@ -221,7 +222,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     # The body limit is ours to enforce with a clear message; aiohttp's own would answer first.
     app = web.Application(client_max_size=settings.max_body_bytes * 2 + 1024)
     engine = Engine(settings, rules)
-    app["engine"] = engine
+    app[ENGINE] = engine
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await engine.start()

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from omnichannel import __version__
+from omnichannel.appkeys import ENGINE
 from omnichannel.logging import configure_logging
 from omnichannel.router import RulesError, RuleSet, load_rules
 from omnichannel.settings import ConfigError, Settings, load_settings
@@ -48,7 +49,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run every stage in one process until SIGINT/SIGTERM; SIGHUP reloads the rules."""
-    from omnichannel.app import Engine, build_app
+    from omnichannel.app import build_app
 
     settings = _settings(args)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -57,8 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(settings, _rules_or_exit(settings.rules_path))
 
     async def on_startup(app: web.Application) -> None:
-        engine: Engine = app["engine"]
-        reloads: set[asyncio.Task[list[str]]] = app["reloads"]
+        engine = app[ENGINE]
+        reloads: set[asyncio.Task[list[str]]] = set()
 
         def reload() -> None:
             task = asyncio.ensure_future(engine.reload_rules())
@@ -67,7 +68,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
-    app["reloads"] = set()
     app.on_startup.append(on_startup)
     log.info("listening", host=settings.host, port=settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,

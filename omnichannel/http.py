@@ -27,13 +27,13 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
 
 def fail(status: int, message: str, **extra: Any) -> NoReturn:
     """Stop handling the request with a JSON error body that says why."""
-    body = orjson.dumps({"error": message, **extra})
+    text = orjson.dumps({"error": message, **extra}).decode()
     if status == 413:
         raise web.HTTPRequestEntityTooLarge(
-            max_size=extra["limit"], actual_size=extra["size"], body=body,
+            max_size=extra["limit"], actual_size=extra["size"], text=text,
             content_type="application/json",
         )
-    raise _ERRORS[status](body=body, content_type="application/json")
+    raise _ERRORS[status](text=text, content_type="application/json")
 
 
 def require_bearer(request: web.Request, token: SecretStr | None, what: str) -> None:

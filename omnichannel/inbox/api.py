@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from omnichannel.adapters.api import describe_errors
+from omnichannel.appkeys import ENGINE
 from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
 from omnichannel.model import ConversationStatus, RoutedEvent
 from omnichannel.store import queries
@@ -39,7 +40,7 @@ class StatusRequest(BaseModel):
 
 
 def _engine(request: web.Request) -> Engine:
-    engine: Engine = request.app["engine"]
+    engine = request.app[ENGINE]
     require_bearer(request, engine.settings.agent_token, "the agent API")
     return engine
 
@@ -69,8 +70,8 @@ async def list_conversations(request: web.Request) -> web.Response:
     if status is not None and status not in ConversationStatus.__members__.values():
         fail(400, f"unknown status {status!r}",
              allowed=[s.value for s in ConversationStatus])
-    limit = _int(request.query.get("limit"), "limit", 50) or 50
-    if not 1 <= limit <= 500:
+    limit = _int(request.query.get("limit"), "limit", 50)
+    if limit is None or not 1 <= limit <= 500:
         fail(400, "limit must be between 1 and 500")
     async with engine.db.api.connect() as conn:
         items = await queries.list_conversations(

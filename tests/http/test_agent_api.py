@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from omnichannel.appkeys import ENGINE
 from tests.http.conftest import AGENT_AUTH, API_AUTH, CallbackRecorder, MakeClient
 from tests.http.test_webhook_api import GOOD
 
@@ -81,7 +82,7 @@ async def test_failing_callback_is_retried_then_marked_failed(
     make_client: MakeClient, callback: CallbackRecorder
 ) -> None:
     client = await make_client(api_callback_url=callback.url, delivery_attempts=3)
-    client.server.app["engine"].deliverer._backoff_s = 0.01
+    client.server.app[ENGINE].deliverer._backoff_s = 0.01
     callback.fail_with = [503, 502, 500]
     conv_id = (await post(client))["conversation_id"]
     await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": "Halo"},
@@ -102,7 +103,7 @@ async def test_retry_after_a_transient_error_succeeds(
     make_client: MakeClient, callback: CallbackRecorder
 ) -> None:
     client = await make_client(api_callback_url=callback.url)
-    client.server.app["engine"].deliverer._backoff_s = 0.01
+    client.server.app[ENGINE].deliverer._backoff_s = 0.01
     callback.fail_with = [503]
     conv_id = (await post(client))["conversation_id"]
     await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": "Halo"},

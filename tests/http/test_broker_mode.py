@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from omnichannel.appkeys import ENGINE
 from omnichannel.model import InboundMessage, Sender
 from tests.conftest import BROKER_URL, PG_URL
 from tests.http.conftest import (
@@ -52,7 +53,7 @@ async def test_every_message_of_a_burst_is_published_once_routed(
     ids = {(await r.json())["message_id"] for r in await asyncio.gather(*posts)}
     assert len(ids) == 300
     await assert_all_published(prefix, ids, queue="dlhp")
-    engine = client.server.app["engine"]
+    engine = client.server.app[ENGINE]
     await engine.publisher.drain()
     async with engine.db.api.connect() as conn:
         unpublished = (await conn.execute(sa.text(
@@ -66,7 +67,7 @@ async def test_ingest_is_not_starved_by_slow_agent_queries(
     if not PG_URL:
         pytest.skip("PostgreSQL not configured: set OMNICHANNEL_TEST_DATABASE_URL")
     client = await make_client("postgresql", api_pool_size=2)
-    engine = client.server.app["engine"]
+    engine = client.server.app[ENGINE]
     sleep_s = 4.0
 
     async def slow_query() -> Any:

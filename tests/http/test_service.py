@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from omnichannel.appkeys import ENGINE
 from omnichannel.store.database import create_database
 from tests.conftest import REPO
 from tests.http.conftest import AGENT_AUTH, API_AUTH, MakeClient
@@ -22,7 +23,7 @@ async def test_health_and_readiness(client: TestClient[Any, Any]) -> None:
 
 
 async def test_readiness_fails_when_the_database_is_gone(client: TestClient[Any, Any]) -> None:
-    engine = client.server.app["engine"]
+    engine = client.server.app[ENGINE]
     await engine.db.api.dispose()
     engine.db.api = create_database("sqlite+aiosqlite:////nonexistent/dir/x.db").api
     ready = await client.get("/readyz")
