@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,16 @@ class Listener:
 
     def __init__(self) -> None:
         self.arrived: dict[int, float] = {}
+        #: Seconds from the engine's commit (the event's `received_at`) to arrival here.
+        self.since_commit: dict[int, float] = {}
         self.changed = asyncio.Event()
 
     def record(self, body: bytes) -> None:
-        self.arrived.setdefault(json.loads(body)["message_id"], time.perf_counter())
+        event = json.loads(body)
+        if event["message_id"] not in self.arrived:
+            self.arrived[event["message_id"]] = time.perf_counter()
+            committed = datetime.fromisoformat(event["received_at"]).timestamp()
+            self.since_commit[event["message_id"]] = time.time() - committed
         self.changed.set()
 
     async def wait_for(self, ids: set[int], limit_s: float) -> None:
@@ -168,6 +175,7 @@ async def phase(
     await listener.wait_for(set(sent), limit_s=300)
     finished = max(listener.arrived[i] for i in sent)
     latencies = [(listener.arrived[i] - t0) * 1000 for i, t0 in sent.items()]
+    after_commit = [listener.since_commit[i] * 1000 for i in sent]
     return {
         "messages": n,
         "throughput_per_s": round(n / (finished - started), 1),
@@ -176,6 +184,8 @@ async def phase(
         "mean_ms": round(statistics.fmean(latencies), 2),
         "http_p50_ms": round(_percentile(answered, 0.50), 2),
         "http_p99_ms": round(_percentile(answered, 0.99), 2),
+        "commit_to_event_p50_ms": round(_percentile(after_commit, 0.50), 2),
+        "commit_to_event_p99_ms": round(_percentile(after_commit, 0.99), 2),
     }
 
 
@@ -256,7 +266,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             args.concurrency)  # warm-up
                 full = await phase(session, engine.base, token, listener, args.n,
                                    args.concurrency)
-                half_rate = full["throughput_per_s"] / 2
+                half_rate = args.half_rate or full["throughput_per_s"] / 2
                 half = await phase(session, engine.base, token, listener,
                                    int(half_rate * args.half_seconds), args.concurrency,
                                    rate=half_rate)
@@ -283,6 +293,8 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--half-seconds", type=float, default=10.0,
                         help="length of the half-load phase")
+    parser.add_argument("--half-rate", type=float, default=None,
+                        help="rate of the steady phase (default: half the measured throughput)")
     parser.add_argument("--database-url", default=os.environ.get(
         "OMNICHANNEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--broker-url", default=os.environ.get(

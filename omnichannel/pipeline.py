@@ -136,9 +136,14 @@ class Publisher:
 
     def __init__(
         self, db: Database, bus: Bus, *, batch_size: int = 200, workers: int = 8,
-        retry_max_s: float = 5.0,
+        retry_max_s: float = 5.0, max_backlog: int = 20000,
     ) -> None:
         self._db = db
+        #: Events held in memory at most; past it (a long broker outage) they wait in the
+        #: database and are read back once the backlog has drained.
+        self._max_backlog = max_backlog
+        self._overflowed = False
+        self._drained = asyncio.Event()
         self._bus = bus
         self._batch_size = batch_size
         self._workers = workers
@@ -157,8 +162,14 @@ class Publisher:
         self._listeners.append(listener)
 
     def submit(self, events: Sequence[RoutedEvent]) -> None:
-        """Queue events of freshly committed messages."""
+        """Queue events of freshly committed messages (or leave them to the outbox when full)."""
         for event in events:
+            if self._queue.qsize() >= self._max_backlog:
+                if not self._overflowed:
+                    log.warning("publish_backlog_full", backlog=self._queue.qsize())
+                self._overflowed = True
+                self._idle.clear()
+                continue
             self._pending += 1
             self._idle.clear()
             self._queue.put_nowait(event)
@@ -168,6 +179,7 @@ class Publisher:
         await self._recover()
         self._tasks = [asyncio.create_task(self._relay()) for _ in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._marker()))
+        self._tasks.append(asyncio.create_task(self._reread_overflow()))
 
     async def drain(self) -> None:
         """Wait until every queued event is confirmed and marked."""
@@ -182,6 +194,17 @@ class Publisher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _reread_overflow(self) -> None:
+        """After an overflow, read the events left in the database once the backlog is gone."""
+        while True:
+            await self._drained.wait()
+            self._drained.clear()
+            if self._overflowed:
+                self._overflowed = False
+                await self._recover()
+                if self._pending == 0:
+                    self._idle.set()
 
     async def _recover(self) -> None:
         async with self._db.api.connect() as conn:
@@ -232,7 +255,9 @@ class Publisher:
             await self._mark(ids)
             self._pending -= len(ids)
             if self._pending == 0:
-                self._idle.set()
+                self._drained.set()
+                if not self._overflowed:
+                    self._idle.set()
 
     async def _mark(self, ids: list[int]) -> None:
         delay = 0.05
