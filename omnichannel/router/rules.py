@@ -420,24 +420,23 @@ class _Parser:
                 self.error(self.key_pos(node, key),
                            f"unknown key {key!r} in rule; expected one of {', '.join(_RULE_KEYS)}")
 
-        name = node.get("name")
         label = f"rule #{number}"
-        if "name" not in node:
-            self.error(pos, "rule is missing required key 'name'")
-        elif not isinstance(name, str) or not name.strip():
-            self.error(self.value_pos(node, "name"),
-                       f"rule name must be text; found {_describe(name)}")
-        else:
+        name = node.get("name")
+        if isinstance(name, str) and name.strip():
             name = name.strip()
             label = f"rule {name!r}"
-
+        elif "name" in node:
+            self.error(self.value_pos(node, "name"),
+                       f"{label}: name must be text; found {_describe(name)}")
+        missing = [key for key in ("name", "queue") if key not in node]
+        if missing:
+            keys = " and ".join(f"'{key}'" for key in missing)
+            self.error(pos, f"{label} is missing required key{'s' * (len(missing) > 1)} {keys}")
         queue = node.get("queue")
-        if "queue" not in node:
-            self.error(pos, f"{label} is missing required key 'queue' (an OPD code)")
-        elif not isinstance(queue, str):
+        if "queue" in node and not isinstance(queue, str):
             self.error(self.value_pos(node, "queue"),
                        f"{label}: queue must be an OPD code; found {_describe(queue)}")
-        elif queue not in opds:
+        elif "queue" in node and queue not in opds:
             self.error(self.value_pos(node, "queue"),
                        f"{label}: unknown OPD code {queue!r} (declare it under 'opds')")
 
