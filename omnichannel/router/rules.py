@@ -12,13 +12,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from omnichannel.model import TRIAGE, RouteDecision
 from omnichannel.router.text import Normaliser
+
+if TYPE_CHECKING:
+    from omnichannel.router.matcher import Evaluation
 
 #: Tier of a rule that does not say; a lower tier wins outright over a higher one.
 DEFAULT_TIER = 2
@@ -134,13 +137,18 @@ class RuleSet:
         """The queue for a message, the rule that decided (None for the fallback) and why."""
         return self._matcher.evaluate(text, channel, account, sender).decision
 
+    def evaluate(self, text: str, *, channel: str | None = None, account: str | None = None,
+                 sender: str | None = None) -> Evaluation:
+        """The decision with every rule that was looked at and how it fared (for tools)."""
+        return self._matcher.evaluate(text, channel, account, sender, detail=True)
+
     def explain(self, text: str, *, channel: str | None = None, account: str | None = None,
                 sender: str | None = None) -> str:
         """A human-readable account of how `text` is routed: winner, evidence, runners-up."""
         from omnichannel.router.explain import explain
 
-        evaluation = self._matcher.evaluate(text, channel, account, sender, detail=True)
-        return explain(self, evaluation)
+        return explain(self, self.evaluate(text, channel=channel, account=account,
+                                           sender=sender))
 
 
 def load_rules(path: str | Path) -> RuleSet:
