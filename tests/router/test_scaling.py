@@ -27,7 +27,8 @@ def test_only_rules_touched_by_the_message_are_evaluated() -> None:
         assert {r.rule.name for r in evaluation.results} == {"r7", "r12", "r3"}
         # one point each; r3 and r7 both name queue a (2 > 1), and r3 comes first
         assert (evaluation.decision.queue, evaluation.decision.rule) == ("a", "r3")
-    assert large.evaluate("kata999 frasa500 panjang").decision.rule == "r500"
+    # a tie (one point each): the queue whose rule comes first wins
+    assert large.evaluate("kata999 frasa502 panjang").decision.rule == "r502"
 
 
 def test_regex_rules_run_only_when_their_cheap_conditions_hold() -> None:
