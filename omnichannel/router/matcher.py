@@ -4,8 +4,9 @@ How it is compiled (once per rules load):
 
 * every phrase of every rule (``any``, ``all``, ``none``) is normalised once and interned; a
   phrase used by several rules is matched once and credited to each;
-* a **phrase index** maps the first token of each phrase to the phrases starting with it (and,
-  for ``word*`` prefixes, a second index keyed by prefix length and prefix);
+* a **phrase index** maps the first token of each phrase to the one-word phrases, and the
+  first two tokens to the longer phrases starting with them (phrases starting with a ``word*``
+  prefix sit in a second index keyed by prefix length and prefix);
 * each phrase knows which rules use it and how (``any``, which ``all`` group, ``none``);
 * rules without positive phrases (only a regex, or only channel/account/sender) are indexed by
   their most selective source condition (account, else sender, else channel); rules with no
@@ -129,6 +130,8 @@ class Matcher:
         self._texts: list[str] = []
         self._usage: list[list[tuple[int, int, int]]] = []
         self._exact: dict[str, list[int]] = {}
+        self._pairs: dict[str, dict[str, list[int]]] = {}
+        self._check: list[bool] = []
         self._prefix: dict[int, dict[str, list[int]]] = {}
         self._starts_negated: list[bool] = []
         self._starts_place: list[bool] = []
@@ -145,8 +148,14 @@ class Matcher:
                 first, is_prefix = pattern[0]
                 if is_prefix:
                     self._prefix.setdefault(len(first), {}).setdefault(first, []).append(pid)
+                elif len(pattern) > 1 and not pattern[1][1]:
+                    # Longer phrases are indexed by their first two words: fewer to check.
+                    self._pairs.setdefault(first, {}).setdefault(pattern[1][0], []).append(pid)
                 else:
                     self._exact.setdefault(first, []).append(pid)
+                # Whether the index alone does not prove the match (words beyond the key).
+                self._check.append(len(pattern) > 2 or (len(pattern) == 2 and (
+                    is_prefix or pattern[1][1])))
                 self._starts_negated.append(not is_prefix and first in self.negations)
                 self._starts_place.append(not is_prefix and first in self.places)
                 self._positive.append(False)
@@ -236,11 +245,18 @@ class Matcher:
 
     def _scan(self, tokens: Tokens) -> dict[int, _State]:
         words = tokens.words
-        exact, prefix, lengths = self._exact, self._prefix, self._prefix_lengths
-        patterns = self._patterns
+        exact, pairs, prefix, lengths = self._exact, self._pairs, self._prefix, self._prefix_lengths
+        patterns, check = self._patterns, self._check
         found: list[tuple[int, int, int]] = []
+        last = len(words) - 1
         for i, word in enumerate(words):
             candidates = exact.get(word)
+            if i < last:
+                following = pairs.get(word)
+                if following is not None:
+                    more = following.get(words[i + 1])
+                    if more:
+                        candidates = more if candidates is None else candidates + more
             if lengths:
                 extra: list[int] = []
                 for length in lengths:
@@ -255,7 +271,7 @@ class Matcher:
                 continue
             for pid in candidates:
                 pattern = patterns[pid]
-                if len(pattern) == 1 or self._matches_at(words, i, pattern):
+                if not check[pid] or self._matches_at(words, i, pattern):
                     found.append((pid, i, i + len(pattern)))
         if not found:
             return {}

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 _WORD = re.compile(r"[^\W_]+")
 _REPEAT = re.compile(r"([^\W\d_])\1+")
 _REDUPLICATED = re.compile(r"([^\W\d_]{2,})2")
-_CLAUSE_BREAK = re.compile(r"[.,;:!?\n]")
+_BREAKS = frozenset(".,;:!?\n")
+_WORD_OR_BREAK = re.compile(r"[^\W_]+|[.,;:!?\n]")
 _BAD_STAR = re.compile(r"(?<![^\W_])\*|\*(?=[^\W_]|\*)")
 _CACHE_LIMIT = 100_000
 
@@ -138,14 +139,21 @@ class Normaliser:
         spans: list[tuple[int, int]] = []
         clauses: list[int] = []
         clause = 0
-        last_end = 0
-        for match in _WORD.finditer(folded):
-            start, end = match.span()
-            if _CLAUSE_BREAK.search(folded, last_end, start):
+        cache = self._cache
+        for match in _WORD_OR_BREAK.finditer(folded):
+            raw = match.group()
+            if raw in _BREAKS:
                 clause += 1
-            last_end = end
+                continue
+            start, end = match.span()
             span = (where[start], where[end - 1] + 1) if where is not None else (start, end)
-            for word in self.word(match.group()):
+            forms = cache.get(raw) or self.word(raw)
+            if len(forms) == 1:
+                words.append(forms[0])
+                spans.append(span)
+                clauses.append(clause)
+                continue
+            for word in forms:
                 words.append(word)
                 spans.append(span)
                 clauses.append(clause)

@@ -236,3 +236,14 @@ def test_opds_always_include_triage() -> None:
     rs = rules("  - {name: sampah, queue: dlhp, any: [sampah]}\n")
     assert rs.opds["dlhp"] == "Lingkungan Hidup"
     assert "triage" in rs.opds
+
+
+def test_prefix_words_inside_longer_phrases() -> None:
+    rs = rules(
+        "  - {name: a, queue: dlhp, any: ['sampah menumpuk*']}\n"
+        "  - {name: b, queue: pupr, any: ['jalan* rusak parah']}\n"
+    )
+    assert queue(rs, "sampah menumpuknya") == "dlhp"
+    assert queue(rs, "sampah banyak") == TRIAGE
+    assert queue(rs, "jalanan rusak parah") == "pupr"
+    assert queue(rs, "jalanan rusak") == TRIAGE
