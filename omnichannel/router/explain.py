@@ -44,6 +44,9 @@ def _details(evaluation: Evaluation, result: RuleResult) -> list[str]:
                      + ", ".join(_hit(evaluation, h) for h in result.groups_matched))
     if result.regex_matched:
         lines.append("regex matched: " + ", ".join(f"/{p}/" for p in result.regex_matched))
+    if result.group_regex_matched:
+        lines.append("all-groups matched by regex: "
+                     + ", ".join(f"/{p}/" for p in result.group_regex_matched))
     if result.negated:
         lines.append("discarded by negation: "
                      + ", ".join(_negated(evaluation, h) for h in result.negated))

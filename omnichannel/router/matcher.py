@@ -26,7 +26,10 @@ How a message is routed:
    normalised text (tokens joined by single spaces). A rule whose only text condition is a regex
    is therefore checked on every message: keep regexes few, or pair them with an ``all`` phrase
    or a channel so that they run only when that holds;
-5. a rule that fires scores ``weight`` times its pieces of evidence: each distinct ``any``
+5. longest match wins: an ``any`` match lying inside a longer ``any`` match (of any rule) does
+   not count, so "harga sembako" is not also "sembako"; a match right after a place word
+   ("di", "depan") counts half, as it names where rather than what;
+6. a rule that fires scores ``weight`` times its pieces of evidence: each distinct ``any``
    phrase, each ``all`` group and each regex that matched (a rule with only source conditions
    counts one). The lowest tier among fired rules wins outright; within it the rules naming the
    same queue add up their scores, the highest total wins, and a tie goes to the queue whose
@@ -84,6 +87,8 @@ class RuleResult:
     shadowed: list[Hit] = field(default_factory=list)
     groups_matched: list[Hit] = field(default_factory=list)
     groups_missing: list[tuple[str, ...]] = field(default_factory=list)
+    groups_missing_by_index: list[tuple[str, ...]] = field(default_factory=list)
+    group_regex_matched: list[str] = field(default_factory=list)
     exceptions: list[Hit] = field(default_factory=list)
     regex_matched: list[str] = field(default_factory=list)
     source_ok: bool = True
@@ -174,11 +179,11 @@ class Matcher:
                 for phrase in group:
                     pid = intern(phrase.text, phrase.pattern)
                     self._usage[pid].append((r, _ALL, g))
-                    self._positive[pid] = True
             for phrase in rule.none_of:
                 self._usage[intern(phrase.text, phrase.pattern)].append((r, _NONE, 0))
             # A rule that can fire without any phrase hit must be found another way.
-            if rule.all_of or (rule.any_of and not rule.regex):
+            if any(not regexes for regexes in rule.all_regex) or (
+                    rule.any_of and not rule.regex):
                 continue
             if rule.account:
                 for value in rule.account:
@@ -276,7 +281,7 @@ class Matcher:
         if not found:
             return {}
 
-        # Longest match wins: an `any` match inside a longer phrase match does not count.
+        # Longest match wins: an `any` match inside a longer `any` match does not count.
         positive = self._positive
         reach = [0] * (len(words) + 1)
         longest = 1
@@ -333,8 +338,8 @@ class Matcher:
             return Evaluation(tokens, RouteDecision(TRIAGE, None, why), greeting=True)
 
         states = self._scan(tokens)
-        joined: str | None = None
-        fired: list[tuple[Rule, float, _State]] = []
+        text_for_regex = _Joined(tokens)
+        fired: list[tuple[Rule, float, _State, list[str]]] = []
         results: list[RuleResult] = []
         empty = _State()
         for r in self._candidates(states, channel, account, sender):
@@ -343,27 +348,16 @@ class Matcher:
             result = RuleResult(rule, False) if detail else None
             if result is not None:
                 self._describe_hits(tokens, state, result)
-            why_not = ""
-            if not rule.source_matches(channel, account, sender):
-                why_not = "channel/account/sender does not match"
-                if result is not None:
-                    result.source_ok = False
-            elif len(state.groups) < len(rule.all_of):
-                why_not = "an 'all' group is missing"
-            elif state.exceptions:
-                why_not = "an exception ('none') matched"
-            regex_hits: list[str] = []
-            if not why_not and rule.regex:
-                if joined is None:
-                    joined = " ".join(tokens.words)
-                regex_hits = [p.pattern for p in rule.regex if _search(p, joined)]
-            if not why_not and (rule.any_of or rule.regex) and not state.any_hits \
-                    and not regex_hits:
-                why_not = ("its phrases occur only negated or inside longer phrases"
-                           if state.negated or state.shadowed
-                           else "no 'any' phrase or regex matched")
+            why_not, regex_hits, group_hits = self._judge(
+                rule, state, text_for_regex, channel, account, sender)
             if result is not None:
+                result.source_ok = rule.source_matches(channel, account, sender)
                 result.regex_matched = regex_hits
+                result.group_regex_matched = group_hits
+                result.groups_missing = [
+                    group for g, group in enumerate(result.groups_missing_by_index)
+                    if g not in state.groups and not _any_search(rule.all_regex[g],
+                                                                   text_for_regex)]
                 result.why_not = why_not
                 results.append(result)
             if why_not:
@@ -373,7 +367,7 @@ class Matcher:
             if not rule.has_text_conditions:
                 evidence = 1.0
             score = round(rule.weight * evidence, 6)
-            fired.append((rule, score, state))
+            fired.append((rule, score, state, [f"/{p}/" for p in regex_hits + group_hits]))
             if result is not None:
                 result.fired = True
                 result.score = score
@@ -384,34 +378,58 @@ class Matcher:
                 why += " (some phrases were discarded by negation)"
             return Evaluation(tokens, RouteDecision(TRIAGE, None, why), results=results)
 
-        tier = min(rule.tier for rule, _, _ in fired)
+        tier = min(rule.tier for rule, _, _, _ in fired)
         totals: dict[str, float] = {}
-        best: dict[str, tuple[float, Rule, _State]] = {}
-        for rule, score, state in fired:
+        best: dict[str, tuple[float, Rule, _State, list[str]]] = {}
+        first: dict[str, int] = {}
+        for rule, score, state, patterns in fired:
             if rule.tier != tier:
                 continue
             totals[rule.queue] = round(totals.get(rule.queue, 0.0) + score, 6)
+            first.setdefault(rule.queue, rule.index)
             if rule.queue not in best or score > best[rule.queue][0]:
-                best[rule.queue] = (score, rule, state)
-        first: dict[str, int] = {}
-        for rule, _, _ in fired:
-            if rule.tier == tier:
-                first.setdefault(rule.queue, rule.index)
+                best[rule.queue] = (score, rule, state, patterns)
         queue = max(totals, key=lambda q: (totals[q], -first[q]))
-        score, rule, state = best[queue]
-        reason = self._reason(rule, score, totals[queue], state, tokens, channel, account,
-                              sender, joined)
+        score, rule, state, patterns = best[queue]
+        reason = self._reason(rule, score, totals[queue], state, patterns, channel, account,
+                              sender)
         return Evaluation(tokens, RouteDecision(queue, rule.name, reason), results=results,
                           tier=tier, totals=totals)
 
-    def _reason(self, rule: Rule, score: float, total: float, state: _State, tokens: Tokens,
-                channel: str | None, account: str | None, sender: str | None,
-                joined: str | None) -> str:
+    def _judge(self, rule: Rule, state: _State, text: _Joined, channel: str | None,
+               account: str | None, sender: str | None) -> tuple[str, list[str], list[str]]:
+        """Why `rule` does not fire ("" if it does), its regex hits, its group regex hits.
+
+        Cheap conditions first; regexes run only for rules whose other conditions hold.
+        """
+        if not rule.source_matches(channel, account, sender):
+            return "channel/account/sender does not match", [], []
+        if state.exceptions:
+            return "an exception ('none') matched", [], []
+        group_hits: list[str] = []
+        for g, patterns in enumerate(rule.all_regex):
+            if g in state.groups:
+                continue
+            hit = next((p.pattern for p in patterns if p.search(text.value) is not None), None)
+            if hit is None:
+                return "an 'all' group is missing", [], group_hits
+            group_hits.append(hit)
+        regex_hits = [p.pattern for p in rule.regex if p.search(text.value) is not None]
+        if (rule.any_of or rule.regex) and not state.any_hits and not regex_hits:
+            if state.negated or state.shadowed:
+                return ("its phrases occur only negated or inside longer phrases",
+                        regex_hits, group_hits)
+            return "no 'any' phrase or regex matched", regex_hits, group_hits
+        if any(p.search(text.value) is not None for p in rule.none_regex):
+            return "an exception ('none') matched", regex_hits, group_hits
+        return "", regex_hits, group_hits
+
+    def _reason(self, rule: Rule, score: float, total: float, state: _State,
+                patterns: list[str], channel: str | None, account: str | None,
+                sender: str | None) -> str:
         parts = [f'"{self._texts[pid]}"' for pid in state.any_hits]
         parts += [f'"{self._texts[pid]}"' for pid, _, _ in state.groups.values()]
-        if rule.regex:
-            text = joined if joined is not None else " ".join(tokens.words)
-            parts += [f"/{p.pattern}/" for p in rule.regex if _search(p, text)]
+        parts += patterns
         if parts:
             what = "matched " + ", ".join(dict.fromkeys(parts))
         else:
@@ -433,10 +451,26 @@ class Matcher:
         result.groups_matched = [Hit(texts[pid], s, e) for pid, s, e in state.groups.values()]
         result.exceptions = [Hit(texts[pid], s, e) for pid, s, e in state.exceptions]
         result.negated = [Hit(texts[pid], s, e, by) for pid, s, e, by in state.negated]
-        result.groups_missing = [tuple(p.text for p in group)
-                                 for g, group in enumerate(result.rule.all_of)
-                                 if g not in state.groups]
+        result.groups_missing_by_index = [
+            tuple(p.text for p in group) + tuple(f"/{r.pattern}/" for r in regexes)
+            for group, regexes in zip(result.rule.all_of, result.rule.all_regex, strict=True)]
 
 
-def _search(pattern: re.Pattern[str], text: str) -> bool:
-    return pattern.search(text) is not None
+class _Joined:
+    """The normalised text for regexes (tokens joined by spaces), built on first use."""
+
+    __slots__ = ("_tokens", "_value")
+
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+        self._value: str | None = None
+
+    @property
+    def value(self) -> str:
+        if self._value is None:
+            self._value = " ".join(self._tokens.words)
+        return self._value
+
+
+def _any_search(patterns: Sequence[re.Pattern[str]], text: _Joined) -> bool:
+    return any(p.search(text.value) is not None for p in patterns)

@@ -87,7 +87,12 @@ class Rule:
     any_of: tuple[Phrase, ...] = ()
     all_of: tuple[tuple[Phrase, ...], ...] = ()
     none_of: tuple[Phrase, ...] = ()
+    #: Regular expressions that count like `any` phrases (the `regex` key and /.../ in `any`).
     regex: tuple[re.Pattern[str], ...] = ()
+    #: /.../ alternatives of each `all` group (parallel to `all_of`).
+    all_regex: tuple[tuple[re.Pattern[str], ...], ...] = ()
+    #: /.../ exceptions in `none`.
+    none_regex: tuple[re.Pattern[str], ...] = ()
     channel: frozenset[str] = frozenset()
     account: frozenset[str] = frozenset()
     sender: frozenset[str] = frozenset()
@@ -466,10 +471,11 @@ class _Parser:
             else:
                 weight = float(value)
 
-        any_of = self.phrases(node, "any", f"{label} 'any'") if "any" in node else ()
-        none_of = self.phrases(node, "none", f"{label} 'none'") if "none" in node else ()
-        all_of = self.groups(node, label) if "all" in node else ()
+        any_of, any_regex = self.entries(node, "any", f"{label} 'any'")
+        none_of, none_regex = self.entries(node, "none", f"{label} 'none'")
+        all_of, all_regex = self.groups(node, label) if "all" in node else ((), ())
         regex = self.regexes(node, label) if "regex" in node else ()
+        regex += any_regex
         sources: dict[str, frozenset[str]] = {}
         for key in ("channel", "account", "sender"):
             if key in node:
@@ -483,32 +489,67 @@ class _Parser:
             return None
         return Rule(
             name=name, queue=queue, index=index, line=pos[0] + 1, tier=tier, weight=weight,
-            any_of=any_of, all_of=all_of, none_of=none_of, regex=regex,
+            any_of=any_of, all_of=all_of, none_of=none_of, regex=regex, all_regex=all_regex,
+            none_regex=none_regex,
             channel=sources.get("channel", frozenset()),
             account=sources.get("account", frozenset()),
             sender=sources.get("sender", frozenset()),
         )
 
-    def groups(self, node: Any, label: str) -> tuple[tuple[Phrase, ...], ...]:
+    def entry(self, item: Any, pos: tuple[int, int],
+              what: str) -> Phrase | re.Pattern[str] | None:
+        """A phrase, or a regular expression when written between slashes: /.../."""
+        if isinstance(item, str) and len(item.strip()) > 2 and item.strip()[0] == "/" \
+                and item.strip()[-1] == "/":
+            return self.compile(item.strip()[1:-1], pos, what)
+        return self.phrase(item, pos, what)
+
+    def entries(self, node: Any, key: str,
+                what: str) -> tuple[tuple[Phrase, ...], tuple[re.Pattern[str], ...]]:
+        """The phrases and /regexes/ of the list at node[key] (none when the key is absent)."""
+        phrases: list[Phrase] = []
+        patterns: list[re.Pattern[str]] = []
+        if key in node:
+            for item, pos in self.items(node, key, what):
+                entry = self.entry(item, pos, what)
+                if isinstance(entry, Phrase):
+                    phrases.append(entry)
+                elif entry is not None:
+                    patterns.append(entry)
+        return tuple(phrases), tuple(patterns)
+
+    def groups(self, node: Any, label: str) -> tuple[tuple[tuple[Phrase, ...], ...],
+                                                     tuple[tuple[re.Pattern[str], ...], ...]]:
         """`all`: each item is a phrase or a list of alternatives; every item must match."""
-        out: list[tuple[Phrase, ...]] = []
+        groups: list[tuple[Phrase, ...]] = []
+        regexes: list[tuple[re.Pattern[str], ...]] = []
         what = f"{label} 'all'"
         for item, pos in self.items(node, "all", what):
+            alternatives = [(item, pos)]
             if isinstance(item, list):
-                group: list[Phrase] = []
                 if not item:
                     self.error(pos, f"{what}: empty list of alternatives")
-                for j, sub in enumerate(item):
-                    phrase = self.phrase(sub, self.item_pos(item, j), what)
-                    if phrase is not None:
-                        group.append(phrase)
-                if group:
-                    out.append(tuple(group))
-            else:
-                phrase = self.phrase(item, pos, what)
-                if phrase is not None:
-                    out.append((phrase,))
-        return tuple(out)
+                alternatives = [(sub, self.item_pos(item, j)) for j, sub in enumerate(item)]
+            phrases: list[Phrase] = []
+            patterns: list[re.Pattern[str]] = []
+            for sub, sub_pos in alternatives:
+                entry = self.entry(sub, sub_pos, what)
+                if isinstance(entry, Phrase):
+                    phrases.append(entry)
+                elif entry is not None:
+                    patterns.append(entry)
+            if phrases or patterns:
+                groups.append(tuple(phrases))
+                regexes.append(tuple(patterns))
+        return tuple(groups), tuple(regexes)
+
+    def compile(self, pattern: str, pos: tuple[int, int], what: str) -> re.Pattern[str] | None:
+        try:
+            return re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            where = f" at position {exc.pos}" if exc.pos is not None else ""
+            self.error(pos, f"{what}: bad regular expression {pattern!r}: {exc.msg}{where}")
+            return None
 
     def regexes(self, node: Any, label: str) -> tuple[re.Pattern[str], ...]:
         out: list[re.Pattern[str]] = []
@@ -517,9 +558,7 @@ class _Parser:
             if not isinstance(item, str):
                 self.error(pos, f"{what}: each pattern must be text; found {_describe(item)}")
                 continue
-            try:
-                out.append(re.compile(item, re.IGNORECASE))
-            except re.error as exc:
-                where = f" at position {exc.pos}" if exc.pos is not None else ""
-                self.error(pos, f"{what}: bad regular expression {item!r}: {exc.msg}{where}")
+            compiled = self.compile(item, pos, what)
+            if compiled is not None:
+                out.append(compiled)
         return tuple(out)

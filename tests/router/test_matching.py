@@ -247,3 +247,24 @@ def test_prefix_words_inside_longer_phrases() -> None:
     assert queue(rs, "sampah banyak") == TRIAGE
     assert queue(rs, "jalanan rusak parah") == "pupr"
     assert queue(rs, "jalanan rusak") == TRIAGE
+
+
+def test_regexes_between_slashes_in_all_any_and_none() -> None:
+    rs = rules(
+        "  - name: pungli\n"
+        "    queue: inspektorat\n"
+        "    all: [[pungli, '/minta \\d+ ?(rb|ribu)/'], [petugas, pegawai]]\n"
+        "    none: ['/\\bsekolah\\b/']\n"
+        "  - {name: nomor, queue: dinkes, any: ['/\\bnik \\d{16}\\b/']}\n"
+    )
+    decision = rs.route("Petugas minta 200rb untuk surat")
+    assert decision.queue == "inspektorat"
+    assert "/minta" in decision.reason and '"petugas"' in decision.reason
+    assert queue(rs, "petugas minta tanda tangan") == TRIAGE
+    assert queue(rs, "ada pungli oleh pegawai") == "inspektorat"
+    assert queue(rs, "pegawai sekolah minta 50 ribu") == TRIAGE  # regex exception
+    assert queue(rs, "NIK 8171012345678901 salah") == "dinkes"  # a regex-only rule
+    out = rs.explain("pegawai minta 20 ribu")
+    assert "all-groups matched by regex: /minta" in out
+    missing = rs.explain("pegawai datang")
+    assert "missing one of (all): [pungli, /minta" in missing
