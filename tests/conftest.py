@@ -29,17 +29,23 @@ def _pg_dsn(url: str, database: str | None = None) -> str:
 _template: str | None = None
 
 
+async def _admin(sql: str) -> None:
+    """Run one statement on the PostgreSQL server's maintenance database."""
+    assert PG_URL
+    conn = await asyncpg.connect(_pg_dsn(PG_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def _pg_template() -> str:
     """A migrated database that each test's database is copied from (fast, ~50 ms)."""
     global _template
     if _template is None:
         assert PG_URL
         name = f"omnichannel_tmpl_{uuid.uuid4().hex[:8]}"
-        conn = await asyncpg.connect(_pg_dsn(PG_URL))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        await _admin(f'CREATE DATABASE "{name}"')
         await upgrade(_pg_dsn(PG_URL, name))
         _template = name
     return _template
@@ -55,23 +61,14 @@ async def new_database_url(kind: str, tmp_path: Path) -> str:
         pytest.skip("PostgreSQL not configured: set OMNICHANNEL_TEST_DATABASE_URL")
     template = await _pg_template()
     name = f"omnichannel_test_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(_pg_dsn(PG_URL))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await conn.close()
+    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     return _pg_dsn(PG_URL, name).replace("postgresql://", "postgresql+asyncpg://")
 
 
 async def drop_database_url(url: str) -> None:
     """Drop a PostgreSQL test database (SQLite files go with tmp_path)."""
     if url.startswith("postgresql") and PG_URL:
-        name = url.rsplit("/", 1)[1]
-        conn = await asyncpg.connect(_pg_dsn(PG_URL))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await _admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -95,11 +92,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _template and PG_URL:
         import asyncio
 
-        async def drop() -> None:
-            conn = await asyncpg.connect(_pg_dsn(PG_URL))
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{_template}" WITH (FORCE)')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{_template}" WITH (FORCE)'))

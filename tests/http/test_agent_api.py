@@ -26,6 +26,16 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def wait_for_delivery(client: TestClient[Any, Any], conv_id: int, status: str) -> None:
+    """Wait until the conversation's last message has delivery status `status`."""
+
+    async def reached() -> bool:
+        conv = await conversation(client, conv_id)
+        return bool(conv["messages"][-1]["delivery_status"] == status)
+
+    await wait_for(reached)
+
+
 async def conversation(client: TestClient[Any, Any], conv_id: int) -> dict[str, Any]:
     resp = await client.get(f"/api/v1/conversations/{conv_id}", headers=AGENT_AUTH)
     assert resp.status == 200
@@ -63,11 +73,7 @@ async def test_reply_is_delivered_to_the_callback(
     reply = await resp.json()
     assert reply["direction"] == "outbound" and reply["delivery_status"] == "queued"
 
-    async def sent() -> bool:
-        conv = await conversation(client, conv_id)
-        return bool(conv["messages"][-1]["delivery_status"] == "sent")
-
-    await wait_for(sent)
+    await wait_for_delivery(client, conv_id, "sent")
     [delivered] = callback.received
     assert delivered["text"] == "Terima kasih, petugas DLHP segera ke lokasi."
     assert delivered["recipient"] == GOOD["sender_id"]
@@ -88,11 +94,7 @@ async def test_failing_callback_is_retried_then_marked_failed(
     await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": "Halo"},
                       headers=AGENT_AUTH)
 
-    async def failed() -> bool:
-        conv = await conversation(client, conv_id)
-        return bool(conv["messages"][-1]["delivery_status"] == "failed")
-
-    await wait_for(failed)
+    await wait_for_delivery(client, conv_id, "failed")
     last = (await conversation(client, conv_id))["messages"][-1]
     assert last["delivery_attempts"] == 3
     assert "HTTP 500" in last["delivery_error"]
@@ -109,11 +111,7 @@ async def test_retry_after_a_transient_error_succeeds(
     await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": "Halo"},
                       headers=AGENT_AUTH)
 
-    async def sent() -> bool:
-        conv = await conversation(client, conv_id)
-        return bool(conv["messages"][-1]["delivery_status"] == "sent")
-
-    await wait_for(sent)
+    await wait_for_delivery(client, conv_id, "sent")
     assert len(callback.received) == 2
 
 
@@ -122,11 +120,7 @@ async def test_reply_without_a_sender_fails_visibly(client: TestClient[Any, Any]
     await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": "Halo"},
                       headers=AGENT_AUTH)
 
-    async def failed() -> bool:
-        conv = await conversation(client, conv_id)
-        return bool(conv["messages"][-1]["delivery_status"] == "failed")
-
-    await wait_for(failed)
+    await wait_for_delivery(client, conv_id, "failed")
     assert "no sender" in (await conversation(client, conv_id))["messages"][-1]["delivery_error"]
 
 
