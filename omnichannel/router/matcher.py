@@ -141,6 +141,7 @@ class Matcher:
         self._starts_negated: list[bool] = []
         self._starts_place: list[bool] = []
         self._positive: list[bool] = []
+        self._any_queues: list[frozenset[str]] = []
         ids: dict[Pattern, int] = {}
 
         def intern(text: str, pattern: Pattern) -> int:
@@ -164,6 +165,7 @@ class Matcher:
                 self._starts_negated.append(not is_prefix and first in self.negations)
                 self._starts_place.append(not is_prefix and first in self.places)
                 self._positive.append(False)
+                self._any_queues.append(frozenset())
             return pid
 
         self._by_account: dict[str, list[int]] = {}
@@ -175,6 +177,7 @@ class Matcher:
                 pid = intern(phrase.text, phrase.pattern)
                 self._usage[pid].append((r, _ANY, 0))
                 self._positive[pid] = True
+                self._any_queues[pid] = self._any_queues[pid] | {rule.queue}
             for g, group in enumerate(rule.all_of):
                 for phrase in group:
                     pid = intern(phrase.text, phrase.pattern)
@@ -234,15 +237,18 @@ class Matcher:
         return True
 
     def _context(self, tokens: Tokens, words_set: frozenset[str], window: int) -> list[int]:
-        """For each token, the position of a word of `words_set` governing it, else -1."""
-        words, clauses = tokens.words, tokens.clauses
+        """For each token, the position of a word of `words_set` governing it, else -1.
+
+        A word joined to the next by a hyphen is a prefix there ("di-PHK"), not a word.
+        """
+        words, clauses, hyphenated = tokens.words, tokens.clauses, tokens.hyphenated
         out = [-1] * len(words)
         if not window or not words_set:
             return out
         for i, word in enumerate(words):
             if word in words_set:
                 for k in range(i + 1, min(i + 1 + window, len(words))):
-                    if clauses[k] != clauses[i]:
+                    if clauses[k] != clauses[i] or (k == i + 1 and hyphenated[k]):
                         break
                     if out[k] < 0:
                         out[k] = i
@@ -281,7 +287,8 @@ class Matcher:
         if not found:
             return {}
 
-        # Longest match wins: an `any` match inside a longer `any` match does not count.
+        # Longest match wins: a match inside a longer `any` match does not count (for an
+        # `all` group, only when the longer phrase belongs to another queue).
         positive = self._positive
         reach = [0] * (len(words) + 1)
         longest = 1
@@ -289,6 +296,7 @@ class Matcher:
             if positive[pid]:
                 reach[start] = max(reach[start], end)
                 longest = max(longest, end - start)
+        rules = self.rules
         negated = self._context(tokens, self.negations, self.window)
         places = self._context(tokens, self.places, 1)
         usage, starts_negated, starts_place = self._usage, self._starts_negated, self._starts_place
@@ -310,10 +318,22 @@ class Matcher:
                     elif state.any_hits.get(pid, (0, 0, 0.0))[2] < factor:
                         state.any_hits[pid] = (start, end, factor)
                 elif kind == _ALL:
+                    if shadowed and self._shadowed_by_other_queue(
+                            found, start, end, rules[r].queue):
+                        continue
                     state.groups.setdefault(group, (pid, start, end))
                 else:
                     state.exceptions.append((pid, start, end))
         return states
+
+    def _shadowed_by_other_queue(self, found: list[tuple[int, int, int]], start: int, end: int,
+                                 queue: str) -> bool:
+        """Whether a longer `any` match of a queue other than `queue` covers start..end."""
+        for pid, s, e in found:
+            if s <= start and end <= e and e - s > end - start and \
+                    self._any_queues[pid] - {queue}:
+                return True
+        return False
 
     def _candidates(self, states: dict[int, _State], channel: str | None, account: str | None,
                     sender: str | None) -> list[int]:

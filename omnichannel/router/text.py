@@ -86,6 +86,8 @@ class Tokens:
     #: Clause number of each token; a clause ends at . , ; : ! ? or a line break.
     clauses: tuple[int, ...]
     original: str
+    #: Whether a token is joined to the previous word by a hyphen ("di-PHK", "anak-anak").
+    hyphenated: tuple[bool, ...] = ()
 
     def __len__(self) -> int:
         return len(self.words)
@@ -138,7 +140,9 @@ class Normaliser:
         words: list[str] = []
         spans: list[tuple[int, int]] = []
         clauses: list[int] = []
+        hyphenated: list[bool] = []
         clause = 0
+        previous_end = -2
         cache = self._cache
         for match in _WORD_OR_BREAK.finditer(folded):
             raw = match.group()
@@ -146,18 +150,16 @@ class Normaliser:
                 clause += 1
                 continue
             start, end = match.span()
+            joined = start == previous_end + 1 and folded[previous_end] == "-"
+            previous_end = end
             span = (where[start], where[end - 1] + 1) if where is not None else (start, end)
             forms = cache.get(raw) or self.word(raw)
-            if len(forms) == 1:
-                words.append(forms[0])
-                spans.append(span)
-                clauses.append(clause)
-                continue
-            for word in forms:
+            for n, word in enumerate(forms):
                 words.append(word)
                 spans.append(span)
                 clauses.append(clause)
-        return Tokens(tuple(words), tuple(spans), tuple(clauses), text)
+                hyphenated.append(joined and n == 0)
+        return Tokens(tuple(words), tuple(spans), tuple(clauses), text, tuple(hyphenated))
 
     def phrase(self, text: str) -> tuple[tuple[str, bool], ...]:
         """A phrase from a rules file as (token, is_prefix) pairs; ``word*`` is a prefix.
