@@ -268,3 +268,25 @@ def test_regexes_between_slashes_in_all_any_and_none() -> None:
     assert "all-groups matched by regex: /minta" in out
     missing = rs.explain("pegawai datang")
     assert "missing one of (all): [pungli, /minta" in missing
+
+
+def test_di_joined_by_a_hyphen_is_a_prefix_not_a_place_word() -> None:
+    rs = rules(
+        "  - {name: phk, queue: inspektorat, any: [phk]}\n"
+        "  - {name: jalan, queue: pupr, any: [lubang, retak]}\n"
+    )
+    assert queue(rs, "saya di-PHK, ada lubang") == "inspektorat"  # 1 = 1, first rule wins
+    assert queue(rs, "saya di PHK, ada lubang") == "pupr"  # 0.5 < 1
+
+
+def test_an_all_group_word_inside_a_longer_phrase_of_another_queue_does_not_count() -> None:
+    rs = rules(
+        "  - {name: pju, queue: perkim, any: [lampu jalan]}\n"
+        "  - {name: jalan, queue: pupr, weight: 2, all: [jalan, [rusak, retak]]}\n"
+        "  - {name: pungli, queue: dikbud, all: [pungli, sekolah]}\n"
+        "  - {name: kepsek, queue: dikbud, any: [kepala sekolah]}\n"
+    )
+    assert queue(rs, "jalan depan rumah rusak") == "pupr"
+    assert queue(rs, "lampu jalan rusak") == "perkim"  # "jalan" belongs to "lampu jalan"
+    # the longer phrase is of the same queue: the group still holds
+    assert rs.route("pungli oleh kepala sekolah").rule == "pungli"
