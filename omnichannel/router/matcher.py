@@ -352,7 +352,7 @@ class Matcher:
     def evaluate(self, text: str, channel: str | None, account: str | None,
                  sender: str | None, *, detail: bool = False) -> Evaluation:
         """Route `text`; with `detail`, keep a `RuleResult` for every rule that was looked at."""
-        tokens = self.normaliser.tokens(text)
+        tokens = self.normaliser.tokens(text, spans=detail)
         if self.is_greeting(tokens.words):
             why = ("greeting or filler only" if tokens.words else "no words in the message")
             return Evaluation(tokens, RouteDecision(TRIAGE, None, why), greeting=True)

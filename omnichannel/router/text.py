@@ -31,6 +31,8 @@ _REPEAT = re.compile(r"([^\W\d_])\1+")
 _REDUPLICATED = re.compile(r"([^\W\d_]{2,})2")
 _BREAKS = frozenset(".,;:!?\n")
 _WORD_OR_BREAK = re.compile(r"[^\W_]+|[.,;:!?\n]")
+# Also a hyphen joining two words (a word directly after it is "hyphenated").
+_WORD_BREAK_OR_HYPHEN = re.compile(r"[^\W_]+|[.,;:!?\n]|(?<=[^\W_])-(?=[^\W_])")
 _BAD_STAR = re.compile(r"(?<![^\W_])\*|\*(?=[^\W_]|\*)")
 _CACHE_LIMIT = 100_000
 
@@ -96,6 +98,8 @@ class Tokens:
         """The original text covered by tokens `start` to `end` (exclusive)."""
         if start >= end:
             return ""
+        if not self.spans:  # tokenised without spans: show the normalised words
+            return " ".join(self.words[start:end])
         return self.original[self.spans[start][0]:self.spans[end - 1][1]]
 
 
@@ -131,19 +135,23 @@ class Normaliser:
         self._cache[raw] = result
         return result
 
-    def tokens(self, text: str) -> Tokens:
-        """Normalise `text` into tokens with their source spans and clause numbers."""
+    def tokens(self, text: str, *, spans: bool = True) -> Tokens:
+        """Normalise `text` into tokens with clause numbers and, if `spans`, source spans.
+
+        Routing needs no spans (only explanations do), and skipping them is faster.
+        """
+        if not spans:
+            return self._fast_tokens(text)
         folded = text.casefold()
         where: list[int] | None = None
         if not folded.isascii() or len(folded) != len(text):
             folded, where = _fold_with_offsets(text)
         words: list[str] = []
-        spans: list[tuple[int, int]] = []
+        places: list[tuple[int, int]] = []
         clauses: list[int] = []
         hyphenated: list[bool] = []
         clause = 0
         previous_end = -2
-        cache = self._cache
         for match in _WORD_OR_BREAK.finditer(folded):
             raw = match.group()
             if raw in _BREAKS:
@@ -153,13 +161,36 @@ class Normaliser:
             joined = start == previous_end + 1 and folded[previous_end] == "-"
             previous_end = end
             span = (where[start], where[end - 1] + 1) if where is not None else (start, end)
-            forms = cache.get(raw) or self.word(raw)
-            for n, word in enumerate(forms):
+            for n, word in enumerate(self.word(raw)):
                 words.append(word)
-                spans.append(span)
+                places.append(span)
                 clauses.append(clause)
                 hyphenated.append(joined and n == 0)
-        return Tokens(tuple(words), tuple(spans), tuple(clauses), text, tuple(hyphenated))
+        return Tokens(tuple(words), tuple(places), tuple(clauses), text, tuple(hyphenated))
+
+    def _fast_tokens(self, text: str) -> Tokens:
+        folded = fold(text)
+        words: list[str] = []
+        clauses: list[int] = []
+        hyphenated: list[bool] = []
+        clause = 0
+        joined = False
+        cache = self._cache
+        for raw in _WORD_BREAK_OR_HYPHEN.findall(folded):
+            if raw in _BREAKS:
+                clause += 1
+                joined = False
+                continue
+            if raw == "-":
+                joined = True
+                continue
+            forms = cache.get(raw) or self.word(raw)
+            for word in forms:
+                words.append(word)
+                clauses.append(clause)
+                hyphenated.append(joined)
+                joined = False
+        return Tokens(tuple(words), (), tuple(clauses), text, tuple(hyphenated))
 
     def phrase(self, text: str) -> tuple[tuple[str, bool], ...]:
         """A phrase from a rules file as (token, is_prefix) pairs; ``word*`` is a prefix.

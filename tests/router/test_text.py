@@ -64,3 +64,17 @@ def test_prefix_star_only_at_the_end_of_a_word() -> None:
     for bad in ("sam*pah", "*sampah", "sampah**"):
         with pytest.raises(ValueError, match=r"\*"):
             normaliser.phrase(bad)
+
+
+def test_the_fast_path_for_routing_gives_the_same_tokens() -> None:
+    normaliser = Normaliser({"jln": "jalan", "pju": "penerangan jalan umum"})
+    texts = [
+        "Jalaaan rusakkk di jln Sudirman!! anak2 di-PHK, PJU mati.\nCafé ÜBER ß gotong-royong",
+        "saya di - PHK; lalu -baru - lagi", "🙏🙏", "", "a-b-c d--e f.-g",
+    ]
+    for text in texts:
+        slow, fast = normaliser.tokens(text), normaliser.tokens(text, spans=False)
+        assert (fast.words, fast.clauses, fast.hyphenated) == (
+            slow.words, slow.clauses, slow.hyphenated), text
+    tokens = normaliser.tokens("saya di-PHK kemarin")
+    assert tokens.hyphenated == (False, False, True, False)
