@@ -15,9 +15,13 @@ def _hit(evaluation: Evaluation, hit: Hit) -> str:
     text = f'"{hit.text}"'
     if source.casefold() != hit.text.casefold():
         text += f' (as "{source}")'
+    why = []
     if hit.place:
-        word = evaluation.tokens.source(hit.start - 1, hit.start)
-        text += f' [after place word "{word}": counts half]'
+        why.append(f'after place word "{evaluation.tokens.source(hit.start - 1, hit.start)}"')
+    if hit.settled:
+        why.append("in a clause saying it is fine or done")
+    if why:
+        text += f" [{' and '.join(why)}: counts {format_number(hit.factor)}]"
     return text
 
 

@@ -28,7 +28,9 @@ How a message is routed:
    or a channel so that they run only when that holds;
 5. longest match wins: an ``any`` match lying inside a longer ``any`` match (of any rule) does
    not count, so "harga sembako" is not also "sembako"; a match right after a place word
-   ("di", "depan") counts half, as it names where rather than what;
+   ("di", "depan") counts half, as it names where rather than what, and so does a match in a
+   clause with a "settled" phrase ("sudah bayar", "normal"); contrast words ("tapi") end a
+   clause as punctuation does;
 6. a rule that fires scores ``weight`` times its pieces of evidence: each distinct ``any``
    phrase, each ``all`` group and each regex that matched (a rule with only source conditions
    counts one). The lowest tier among fired rules wins outright; within it the rules naming the
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from omnichannel.model import TRIAGE, RouteDecision
 from omnichannel.router.rules import PLACE_FACTOR as _PLACE_FACTOR
+from omnichannel.router.rules import SETTLED_FACTOR as _SETTLED_FACTOR
 from omnichannel.router.text import Normaliser, Tokens
 
 if TYPE_CHECKING:
@@ -71,8 +74,12 @@ class Hit:
     end: int
     #: Token position of the negation word that discards this hit, if any.
     negated_by: int | None = None
-    #: Whether it follows a place word ("di", "depan", ...) and so counts half.
+    #: What it counts: 1, or less after a place word or in a settled clause.
+    factor: float = 1.0
+    #: Whether it follows a place word ("di", "depan", ...): it names where, not what.
     place: bool = False
+    #: Whether its clause says the topic is fine or done ("sudah bayar", "normal").
+    settled: bool = False
 
 
 @dataclass(slots=True)
@@ -114,8 +121,8 @@ class _State:
     __slots__ = ("any_hits", "exceptions", "groups", "negated", "shadowed")
 
     def __init__(self) -> None:
-        #: phrase id -> (start, end, factor); factor is 0.5 after a place word.
-        self.any_hits: dict[int, tuple[int, int, float]] = {}
+        #: phrase id -> (start, end, factor, after a place word, in a settled clause).
+        self.any_hits: dict[int, tuple[int, int, float, bool, bool]] = {}
         self.shadowed: list[tuple[int, int, int]] = []
         self.groups: dict[int, tuple[int, int, int]] = {}
         self.exceptions: list[tuple[int, int, int]] = []
@@ -205,6 +212,10 @@ class Matcher:
         for phrase in sorted(lexicon.greetings, key=lambda p: -len(p.pattern)):
             self._greetings.setdefault(phrase.pattern[0][0], []).append(phrase.pattern)
         self._greeting_prefixes = [p.pattern for p in lexicon.greetings if p.pattern[0][1]]
+        self.contrast = lexicon.contrast_words
+        self._settled: dict[str, list[Pattern]] = {}
+        for phrase in lexicon.settled:
+            self._settled.setdefault(phrase.pattern[0][0], []).append(phrase.pattern)
 
     # -- scanning ----------------------------------------------------------------------------
 
@@ -236,12 +247,36 @@ class Matcher:
                 return False
         return True
 
-    def _context(self, tokens: Tokens, words_set: frozenset[str], window: int) -> list[int]:
+    def _clauses(self, tokens: Tokens) -> list[int]:
+        """Clause number of each token: punctuation and contrast words ("tapi") end a clause."""
+        if not self.contrast:
+            return list(tokens.clauses)
+        out = []
+        extra = 0
+        for word, clause in zip(tokens.words, tokens.clauses, strict=True):
+            if word in self.contrast:
+                extra += 1
+            out.append(clause + extra)
+        return out
+
+    def _settled_clauses(self, words: tuple[str, ...], clauses: list[int],
+                         negated: list[int]) -> set[int]:
+        """Clauses holding a phrase that says the topic is fine or done (not negated)."""
+        found: set[int] = set()
+        for i, word in enumerate(words):
+            for pattern in self._settled.get(word, ()):
+                if (len(pattern) == 1 or self._matches_at(words, i, pattern)) and (
+                        negated[i] < 0 or pattern[0][0] in self.negations):
+                    found.add(clauses[i])
+        return found
+
+    def _context(self, tokens: Tokens, clauses: list[int], words_set: frozenset[str],
+                 window: int) -> list[int]:
         """For each token, the position of a word of `words_set` governing it, else -1.
 
         A word joined to the next by a hyphen is a prefix there ("di-PHK"), not a word.
         """
-        words, clauses, hyphenated = tokens.words, tokens.clauses, tokens.hyphenated
+        words, hyphenated = tokens.words, tokens.hyphenated
         out = [-1] * len(words)
         if not window or not words_set:
             return out
@@ -297,15 +332,20 @@ class Matcher:
                 reach[start] = max(reach[start], end)
                 longest = max(longest, end - start)
         rules = self.rules
-        negated = self._context(tokens, self.negations, self.window)
-        places = self._context(tokens, self.places, 1)
+        clauses = self._clauses(tokens)
+        negated = self._context(tokens, clauses, self.negations, self.window)
+        places = self._context(tokens, clauses, self.places, 1)
+        settled = self._settled_clauses(words, clauses, negated) if self._settled else set()
         usage, starts_negated, starts_place = self._usage, self._starts_negated, self._starts_place
         states: dict[int, _State] = {}
         for pid, start, end in found:
             shadowed = reach[start] > end or any(
                 reach[k] >= end for k in range(max(0, start - longest), start))
             by = negated[start] if not starts_negated[pid] else -1
-            factor = _PLACE_FACTOR if places[start] >= 0 and not starts_place[pid] else 1.0
+            after_place = places[start] >= 0 and not starts_place[pid]
+            in_settled = bool(settled) and clauses[start] in settled
+            factor = (_PLACE_FACTOR if after_place else 1.0) * (
+                _SETTLED_FACTOR if in_settled else 1.0)
             for r, kind, group in usage[pid]:
                 state = states.get(r)
                 if state is None:
@@ -315,8 +355,8 @@ class Matcher:
                 elif kind == _ANY:
                     if shadowed:
                         state.shadowed.append((pid, start, end))
-                    elif state.any_hits.get(pid, (0, 0, 0.0))[2] < factor:
-                        state.any_hits[pid] = (start, end, factor)
+                    elif pid not in state.any_hits or state.any_hits[pid][2] < factor:
+                        state.any_hits[pid] = (start, end, factor, after_place, in_settled)
                 elif kind == _ALL:
                     if shadowed and self._shadowed_by_other_queue(
                             found, start, end, rules[r].queue):
@@ -382,7 +422,7 @@ class Matcher:
                 results.append(result)
             if why_not:
                 continue
-            evidence = sum(f for _, _, f in state.any_hits.values())
+            evidence = sum(hit[2] for hit in state.any_hits.values())
             evidence += len(rule.all_of) + len(regex_hits)
             if not rule.has_text_conditions:
                 evidence = 1.0
@@ -465,8 +505,8 @@ class Matcher:
 
     def _describe_hits(self, tokens: Tokens, state: _State, result: RuleResult) -> None:
         texts = self._texts
-        result.matched = [Hit(texts[pid], s, e, place=f < 1)
-                          for pid, (s, e, f) in state.any_hits.items()]
+        result.matched = [Hit(texts[pid], s, e, factor=f, place=p, settled=d)
+                          for pid, (s, e, f, p, d) in state.any_hits.items()]
         result.shadowed = [Hit(texts[pid], s, e) for pid, s, e in state.shadowed]
         result.groups_matched = [Hit(texts[pid], s, e) for pid, s, e in state.groups.values()]
         result.exceptions = [Hit(texts[pid], s, e) for pid, s, e in state.exceptions]

@@ -30,9 +30,11 @@ DEFAULT_NEGATION_WINDOW = 1
 
 #: How much a phrase counts when it follows a place word ("di", "depan", ...): it names where.
 PLACE_FACTOR = 0.5
+#: How much a phrase counts in a clause that says its topic is fine or done ("sudah bayar").
+SETTLED_FACTOR = 0.5
 
-_TOP_KEYS = ("version", "opds", "aliases", "negations", "negation_window", "place_words",
-             "greetings", "rules")
+_TOP_KEYS = ("version", "opds", "aliases", "negations", "negation_window", "contrast_words",
+             "place_words", "settled", "greetings", "rules")
 _RULE_KEYS = ("name", "queue", "tier", "weight", "any", "all", "none", "regex", "channel",
               "account", "sender")
 _CODE = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -121,6 +123,10 @@ class Lexicon:
     place_words: frozenset[str] = frozenset()
     greetings: tuple[Phrase, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
+    #: Words that end a clause like punctuation does ("tapi", "namun").
+    contrast_words: frozenset[str] = frozenset()
+    #: Phrases saying a topic is fine or done; `any` matches in their clause count half.
+    settled: tuple[Phrase, ...] = ()
 
 
 class RuleSet:
@@ -263,11 +269,14 @@ class _Parser:
         opds = self.opds(doc)
         negations, window = self.negations(doc)
         places = self.words(doc, "place_words") if "place_words" in doc else frozenset()
+        contrast = (self.words(doc, "contrast_words") if "contrast_words" in doc
+                    else frozenset())
+        settled = self.phrases(doc, "settled", "settled") if "settled" in doc else ()
         greetings = self.phrases(doc, "greetings", "greetings") if "greetings" in doc else ()
         rules = self.rules(doc, opds)
         if self.errors:
             raise RulesError(sorted(self.errors, key=lambda e: (e.line, e.column)))
-        lexicon = Lexicon(negations, window, places, greetings, aliases)
+        lexicon = Lexicon(negations, window, places, greetings, aliases, contrast, settled)
         return RuleSet(opds, rules, lexicon, self.normaliser)
 
     def aliases(self, doc: Any) -> dict[str, str]:

@@ -290,3 +290,21 @@ def test_an_all_group_word_inside_a_longer_phrase_of_another_queue_does_not_coun
     assert queue(rs, "lampu jalan rusak") == "perkim"  # "jalan" belongs to "lampu jalan"
     # the longer phrase is of the same queue: the group still holds
     assert rs.route("pungli oleh kepala sekolah").rule == "pungli"
+
+
+SETTLED = HEADER.replace("rules:\n", "contrast_words: [tapi]\n"
+                         "settled: [sudah bayar, normal, terima kasih]\nrules:\n")
+
+
+def test_phrases_in_a_settled_clause_count_half_and_contrast_words_end_clauses() -> None:
+    rs = parse_rules(SETTLED + "  - {name: pbb, queue: dlhp, weight: 3, any: [pbb]}\n"
+                               "  - {name: jalan, queue: pupr, weight: 2, any: [jalan rusak]}\n",
+                     "t.yaml")
+    assert queue(rs, "pbb, jalan rusak") == "dlhp"  # 3 > 2
+    assert queue(rs, "pbb sudah bayar, jalan rusak") == "pupr"  # 1.5 < 2
+    assert queue(rs, "pbb normal tapi jalan rusak") == "pupr"  # "tapi" ends the clause
+    assert queue(rs, "pbb tidak normal, jalan rusak") == "dlhp"  # a negated marker is not one
+    assert queue(rs, "terima kasih. pbb, jalan rusak") == "dlhp"  # its own clause
+    out = rs.explain("pbb sudah bayar, jalan rusak")
+    assert '"pbb" [in a clause saying it is fine or done: counts 1.5]' not in out
+    assert "[in a clause saying it is fine or done: counts 0.5]" in out
