@@ -21,11 +21,11 @@ How a message is routed:
    clause (within ``negation_window`` tokens) is recorded as discarded, unless the phrase itself
    begins with a negation ("tidak ada air" is a phrase of its own);
 4. only the rules touched by a match (plus the source-indexed ones for this channel, account
-   and sender) are evaluated: source conditions, every ``all`` group, no ``none`` phrase, then
-   -- only for rules whose cheap conditions hold -- their regular expressions, run on the
-   normalised text (tokens joined by single spaces). A rule whose only text condition is a regex
-   is therefore checked on every message: keep regexes few, or pair them with an ``all`` phrase
-   or a channel so that they run only when that holds;
+   and sender) are evaluated: source conditions, no ``none`` phrase, every ``all`` group, then
+   -- only for rules whose cheap conditions hold -- their regular expressions (``regex`` and
+   ``/.../`` items), run on the normalised text (tokens joined by single spaces). A rule that
+   can fire on a regex alone is therefore checked on every message: keep regexes few, or pair
+   them with an ``all`` phrase or a channel so that they run only when that holds;
 5. longest match wins: an ``any`` match lying inside a longer ``any`` match (of any rule) does
    not count, so "harga sembako" is not also "sembako"; a match right after a place word
    ("di", "depan") counts half, as it names where rather than what, and so does a match in a

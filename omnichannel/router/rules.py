@@ -272,6 +272,10 @@ class _Parser:
         contrast = (self.words(doc, "contrast_words") if "contrast_words" in doc
                     else frozenset())
         settled = self.phrases(doc, "settled", "settled") if "settled" in doc else ()
+        for phrase in settled:
+            if phrase.pattern[0][1]:
+                self.error(self.value_pos(doc, "settled"),
+                           f"settled: {phrase} may not start with a word*")
         greetings = self.phrases(doc, "greetings", "greetings") if "greetings" in doc else ()
         rules = self.rules(doc, opds)
         if self.errors:
