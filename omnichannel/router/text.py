@@ -64,7 +64,6 @@ def collapse_repeats(word: str) -> str:
 
 def _base_forms(word: str) -> tuple[str, ...]:
     """Steps 4-6 on one folded word: repeats, reduplication with 2, the -nya enclitic."""
-    word = collapse_repeats(word)
     match = _REDUPLICATED.fullmatch(word)
     if match:
         stem = _strip_nya(match.group(1))
@@ -73,6 +72,10 @@ def _base_forms(word: str) -> tuple[str, ...]:
 
 
 def _strip_nya(word: str) -> str:
+    """Collapse repeats and drop "-nya"; "izinnya" is "izin" (strip before collapsing nn)."""
+    if len(word) >= 6 and word.endswith("nya"):
+        return collapse_repeats(word[:-3])
+    word = collapse_repeats(word)
     if len(word) >= 6 and word.endswith("nya"):
         return word[:-3]
     return word

@@ -78,3 +78,8 @@ def test_the_fast_path_for_routing_gives_the_same_tokens() -> None:
             slow.words, slow.clauses, slow.hyphenated), text
     tokens = normaliser.tokens("saya di-PHK kemarin")
     assert tokens.hyphenated == (False, False, True, False)
+
+
+def test_nya_after_a_final_n_keeps_the_n() -> None:
+    assert words("jalannya izinnya tagihannya bulannya") == ("jalan", "izin", "tagihan", "bulan")
+    assert words("jalaaannya sekolahnyaaa") == ("jalan", "sekolah")
