@@ -17,7 +17,8 @@ def _hit(evaluation: Evaluation, hit: Hit) -> str:
         text += f' (as "{source}")'
     why = []
     if hit.place:
-        why.append(f'after place word "{evaluation.tokens.source(hit.start - 1, hit.start)}"')
+        word = evaluation.tokens.source(hit.start - 1, hit.start)
+        why.append(f'after place or cause word "{word}"')
     if hit.settled:
         why.append("in a clause saying it is fine or done")
     if why:

@@ -137,7 +137,8 @@ class Matcher:
         self.normaliser = normaliser
         self.negations = lexicon.negations
         self.window = lexicon.negation_window
-        self.places = lexicon.place_words
+        # Place and cause words work alike: the phrase after them says where or why, not what.
+        self.places = lexicon.place_words | lexicon.cause_words
         self._patterns: list[Pattern] = []
         self._texts: list[str] = []
         self._usage: list[list[tuple[int, int, int]]] = []

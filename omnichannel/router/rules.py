@@ -34,7 +34,7 @@ PLACE_FACTOR = 0.5
 SETTLED_FACTOR = 0.5
 
 _TOP_KEYS = ("version", "opds", "aliases", "negations", "negation_window", "contrast_words",
-             "place_words", "settled", "greetings", "rules")
+             "place_words", "cause_words", "settled", "greetings", "rules")
 _RULE_KEYS = ("name", "queue", "tier", "weight", "any", "all", "none", "regex", "channel",
               "account", "sender")
 _CODE = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -127,6 +127,8 @@ class Lexicon:
     contrast_words: frozenset[str] = frozenset()
     #: Phrases saying a topic is fine or done; `any` matches in their clause count half.
     settled: tuple[Phrase, ...] = ()
+    #: Words introducing a cause ("karena"); like place words, the phrase after counts half.
+    cause_words: frozenset[str] = frozenset()
 
 
 class RuleSet:
@@ -269,6 +271,7 @@ class _Parser:
         opds = self.opds(doc)
         negations, window = self.negations(doc)
         places = self.words(doc, "place_words") if "place_words" in doc else frozenset()
+        causes = self.words(doc, "cause_words") if "cause_words" in doc else frozenset()
         contrast = (self.words(doc, "contrast_words") if "contrast_words" in doc
                     else frozenset())
         settled = self.phrases(doc, "settled", "settled") if "settled" in doc else ()
@@ -280,7 +283,8 @@ class _Parser:
         rules = self.rules(doc, opds)
         if self.errors:
             raise RulesError(sorted(self.errors, key=lambda e: (e.line, e.column)))
-        lexicon = Lexicon(negations, window, places, greetings, aliases, contrast, settled)
+        lexicon = Lexicon(negations, window, places, greetings, aliases, contrast, settled,
+                          causes)
         return RuleSet(opds, rules, lexicon, self.normaliser)
 
     def aliases(self, doc: Any) -> dict[str, str]:

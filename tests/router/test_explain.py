@@ -51,7 +51,7 @@ def test_explain_shows_negated_phrases_exceptions_and_runners_up() -> None:
 def test_explain_shows_place_words_and_missing_all_groups() -> None:
     rules = parse_rules(RULES, "t.yaml")
     out = rules.explain("ada pungli, macet di angkot")
-    assert '"angkot" [after place word "di": counts 0.5]' in out
+    assert '"angkot" [after place or cause word "di": counts 0.5]' in out
     assert "pungli -> dishub" in out
     assert "missing one of (all): [terminal]" in out
 

@@ -308,3 +308,13 @@ def test_phrases_in_a_settled_clause_count_half_and_contrast_words_end_clauses()
     out = rs.explain("pbb sudah bayar, jalan rusak")
     assert '"pbb" [in a clause saying it is fine or done: counts 1.5]' not in out
     assert "[in a clause saying it is fine or done: counts 0.5]" in out
+
+
+def test_a_phrase_after_a_cause_word_counts_half() -> None:
+    rs = parse_rules(HEADER.replace("rules:\n", "cause_words: [karena, akibat]\nrules:\n")
+                     + "  - {name: pbb, queue: dlhp, any: [pbb]}\n"
+                       "  - {name: gempa, queue: pupr, any: [gempa]}\n", "t.yaml")
+    assert queue(rs, "gempa, pbb") == "dlhp"  # tie: the first rule
+    assert queue(rs, "gempa dan pbb") == "dlhp"
+    assert queue(rs, "pbb rumah rusak akibat gempa") == "dlhp"  # 1 > 0.5
+    assert queue(rs, "gempa rusak rumah karena pbb") == "pupr"  # 1 > 0.5
