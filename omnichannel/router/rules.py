@@ -274,11 +274,7 @@ class _Parser:
         causes = self.words(doc, "cause_words") if "cause_words" in doc else frozenset()
         contrast = (self.words(doc, "contrast_words") if "contrast_words" in doc
                     else frozenset())
-        settled = self.phrases(doc, "settled", "settled") if "settled" in doc else ()
-        for phrase in settled:
-            if phrase.pattern[0][1]:
-                self.error(self.value_pos(doc, "settled"),
-                           f"settled: {phrase} may not start with a word*")
+        settled = self.settled(doc) if "settled" in doc else ()
         greetings = self.phrases(doc, "greetings", "greetings") if "greetings" in doc else ()
         rules = self.rules(doc, opds)
         if self.errors:
@@ -344,6 +340,17 @@ class _Parser:
             else:
                 window = value
         return words, window
+
+    def settled(self, doc: Any) -> tuple[Phrase, ...]:
+        """The `settled` phrases (none may start with a ``word*`` prefix)."""
+        out: list[Phrase] = []
+        for item, pos in self.items(doc, "settled", "settled"):
+            phrase = self.phrase(item, pos, "settled")
+            if phrase is not None and phrase.pattern[0][1]:
+                self.error(pos, f"settled: {phrase} may not start with a word*")
+            elif phrase is not None:
+                out.append(phrase)
+        return tuple(out)
 
     def words(self, doc: Any, key: str) -> frozenset[str]:
         """A list of single words (negations, place words), normalised."""

@@ -149,6 +149,9 @@ def test_missing_top_level_sections() -> None:
     ("version: 1", "version: 2", "2", "version"),
     ("negations: [bukan]", "negations: [tidak ada]", "tidak ada", "single word"),
     ("negations: [bukan]", "negation_window: many", "many", "negation_window"),
+    ("negations: [bukan]", "cause_words: [karena sebab]", "karena sebab", "single word"),
+    ("negations: [bukan]", "settled: ['lunas*']", "'lunas*'", "word*"),
+    ("    any: [sampah]\n", "    all: [[sampah, '/(x/']]\n", "'/(x/'", "regular expression"),
     ("  dlhp: Lingkungan Hidup", "  Dinas LH: Lingkungan Hidup", "Dinas LH", "code"),
     ("  dlhp: Lingkungan Hidup", "  dlhp: 7", "7", "name"),
 ])
