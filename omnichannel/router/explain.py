@@ -56,8 +56,8 @@ def _details(evaluation: Evaluation, result: RuleResult) -> list[str]:
         lines.append("discarded by negation: "
                      + ", ".join(_negated(evaluation, h) for h in result.negated))
     if result.shadowed:
-        shown = dict.fromkeys(_hit(evaluation, h) for h in result.shadowed)
-        lines.append("inside a longer phrase, not counted: " + ", ".join(shown))
+        once = dict.fromkeys(_hit(evaluation, h) for h in result.shadowed)
+        lines.append("inside a longer phrase, not counted: " + ", ".join(once))
     if result.exceptions:
         lines.append("exception (none) found: "
                      + ", ".join(_hit(evaluation, h) for h in result.exceptions))
