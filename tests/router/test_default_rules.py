@@ -19,6 +19,9 @@ SHARED = Path(__file__).parents[2].parent / "shared"
 SAMPLES = SHARED / "routing-samples.jsonl"
 CATALOGUE = SHARED / "opd-catalogue.yaml"
 OWN = Path(__file__).parent / "citizen_messages.jsonl"
+#: Written from the catalogue alone by someone who had not seen the rules or the other sets;
+#: it stands for the messages the rules have never met.
+HOLDOUT = Path(__file__).parent / "holdout_messages.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,10 @@ def test_cli_style_messages(rules: RuleSet) -> None:
     assert rules.route("Sampah seng diangkut su satu minggu", channel="whatsapp").queue == "dlhp"
     assert rules.route("halo min").queue == TRIAGE
     assert rules.route("ada kebakaran rumah di Batu Merah").queue == "damkar"
+
+
+def test_accuracy_on_messages_written_apart_from_the_rules(rules: RuleSet) -> None:
+    items = read_jsonl(HOLDOUT)
+    assert len(items) >= 250 and {i["queue"] for i in items} >= set(rules.opds)
+    score, misses = accuracy(rules, items)
+    assert score >= 0.90, "\n".join(misses)
