@@ -30,8 +30,8 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
            "OMNICHANNEL_RULES_PATH": str(REPO / "config" / "routing.yaml")}
     result: dict[str, Any] = {"mode": args.mode, "n": args.n, "concurrency": args.concurrency}
     dbname = None
-    tmp = tempfile.mkdtemp(prefix="omnichannel-bench-")
+    tmp_dir = tempfile.TemporaryDirectory(prefix="omnichannel-bench-")
+    tmp = tmp_dir.name
     if args.mode == "broker":
         dbname = f"omnichannel_bench_{uuid.uuid4().hex[:8]}"
         admin = await asyncpg.connect(args.database_url)
@@ -277,6 +278,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["raw_confirmed_publish_per_s"] = round(raw, 1)
             result["ratio_to_raw"] = round(full["throughput_per_s"] / raw, 3)
     finally:
+        tmp_dir.cleanup()
         if args.mode == "broker":
             await _delete_topology(args.broker_url, prefix, _codes())
         if dbname:
