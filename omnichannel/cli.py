@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -58,6 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(settings, _rules_or_exit(settings.rules_path))
 
     async def on_startup(app: web.Application) -> None:
+        # Objects made at start-up live as long as the process: keep the collector off them,
+        # and collect the young generation less often, to cut pauses from tail latency.
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
         engine = app[ENGINE]
         reloads: set[asyncio.Task[list[str]]] = set()
 
