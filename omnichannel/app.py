@@ -31,10 +31,6 @@ from omnichannel.store.migrate import upgrade
 
 log = structlog.get_logger(__name__)
 
-#: Largest number of unread events a live (SSE) listener may fall behind by.
-LIVE_BACKLOG = 10000
-
-
 class Engine:
     """Every stage of one `omnichannel serve` process, started and stopped together."""
 
@@ -58,7 +54,12 @@ class Engine:
         self.live: set[asyncio.Queue[RoutedEvent | None]] = set()
         self._subscriptions: dict[str, Subscription] = {}
         self._http: aiohttp.ClientSession | None = None
-        self.deliverer: Deliverer = Deliverer(self.db, {}, attempts=1, timeout_s=1)
+        # Filled at start, when the HTTP client the senders share can be made in the loop.
+        self._senders: dict[str, Sender] = {}
+        self.deliverer = Deliverer(
+            self.db, self._senders, attempts=settings.delivery_attempts,
+            timeout_s=settings.delivery_timeout_s,
+        )
 
     def _route(self, message: InboundMessage) -> RouteDecision:
         return self.rules.route(
@@ -111,15 +112,10 @@ class Engine:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
         )
-        senders: dict[str, Sender] = {}
         if self.settings.api_callback_url:
-            senders[api_channel.CHANNEL] = ApiCallbackSender(
+            self._senders[api_channel.CHANNEL] = ApiCallbackSender(
                 self.settings.api_callback_url, self._http
             )
-        self.deliverer = Deliverer(
-            self.db, senders, attempts=self.settings.delivery_attempts,
-            timeout_s=self.settings.delivery_timeout_s,
-        )
         await self.publisher.start()
         await self.pipeline.start()
         await self.deliverer.start()

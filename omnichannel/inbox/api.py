@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 routes = web.RouteTableDef()
 
+#: Largest number of unread events a live (SSE) listener may fall behind by before the engine
+#: drops it.
+LIVE_BACKLOG = 10000
+
 
 class ReplyRequest(BaseModel):
     """An agent's reply to the citizen."""
@@ -139,7 +143,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
     })
     await response.prepare(request)
-    inbox: asyncio.Queue[RoutedEvent | None] = asyncio.Queue(maxsize=10000)
+    inbox: asyncio.Queue[RoutedEvent | None] = asyncio.Queue(maxsize=LIVE_BACKLOG)
     engine.live.add(inbox)
     try:
         await response.write(b": connected\n\n")
