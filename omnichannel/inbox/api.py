@@ -58,6 +58,13 @@ def _int(value: str | None, name: str, default: int | None = None) -> int | None
         fail(400, f"{name} must be an integer, not {value!r}")
 
 
+def _conversation_id(request: web.Request) -> int:
+    """The `{id}` of the path as an integer, refused with 400 otherwise."""
+    value = _int(request.match_info["id"], "conversation id")
+    assert value is not None  # the route always has an id
+    return value
+
+
 async def _body(request: web.Request, model: type[BaseModel], engine: Engine) -> Any:
     payload = parse_json(await read_body(request, engine.settings.max_body_bytes))
     try:
@@ -89,8 +96,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def get_conversation(request: web.Request) -> web.Response:
     """One conversation with its messages in the citizen's order."""
     engine = _engine(request)
-    conversation_id = _int(request.match_info["id"], "conversation id")
-    assert conversation_id is not None
+    conversation_id = _conversation_id(request)
     async with engine.db.api.connect() as conn:
         conversation = await queries.get_conversation(conn, conversation_id)
     if conversation is None:
@@ -102,8 +108,7 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def reply(request: web.Request) -> web.Response:
     """Store an agent's reply and hand it to the conversation's channel for delivery."""
     engine = _engine(request)
-    conversation_id = _int(request.match_info["id"], "conversation id")
-    assert conversation_id is not None
+    conversation_id = _conversation_id(request)
     body: ReplyRequest = await _body(request, ReplyRequest, engine)
     async with engine.db.write(engine.db.api) as conn:
         target = await queries.conversation_channel(conn, conversation_id)
@@ -121,8 +126,7 @@ async def reply(request: web.Request) -> web.Response:
 async def set_status(request: web.Request) -> web.Response:
     """Move a conversation to another status (e.g. `resolved`)."""
     engine = _engine(request)
-    conversation_id = _int(request.match_info["id"], "conversation id")
-    assert conversation_id is not None
+    conversation_id = _conversation_id(request)
     body: StatusRequest = await _body(request, StatusRequest, engine)
     try:
         async with engine.db.write(engine.db.api) as conn:
