@@ -53,10 +53,15 @@ class IngestPipeline:
         """Start the writer tasks."""
         self._tasks = [asyncio.create_task(self._writer()) for _ in range(self._workers)]
 
-    async def stop(self) -> None:
-        """Finish what was accepted, then stop the writers."""
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Finish what was accepted (for up to `grace_s` seconds), then stop the writers.
+
+        A request still waiting when the grace ends gets an error, never a 2xx, so its
+        sender delivers it again.
+        """
         self._closing = True
-        await self._queue.join()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), grace_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
