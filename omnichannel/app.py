@@ -151,7 +151,7 @@ async def webhook_api(request: web.Request) -> web.Response:
         require_bearer(request, engine.settings.api_token, "the api channel")
         payload = parse_json(await read_body(request, engine.settings.max_body_bytes))
         try:
-            message = api_channel.parse(payload)
+            message = api_channel.parse(payload, engine.settings.phone_region)
         except ValidationError as exc:
             fail(422, "invalid message", detail=api_channel.describe_errors(exc))
     except web.HTTPException as exc:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     broker_prefix: str = Field(default="omnichannel", pattern=r"^[a-z0-9][a-z0-9_.-]{0,49}$")
     rules_path: Path = Path("config/routing.yaml")
     tracking_prefix: str = Field(default="AMB", pattern=r"^[A-Z0-9]{1,10}$")
+    #: Country (ISO 3166 alpha-2) assumed for phone numbers written nationally, e.g. 0812...
+    phone_region: str = Field(default="ID", pattern=r"^[A-Z]{2}$")
     #: Bearer token of trusted systems posting to `/webhooks/api`; unset disables the endpoint.
     api_token: SecretStr | None = None
     #: Bearer token of the agent API until per-agent accounts exist; unset disables it.

@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from omnichannel.model import Attachment, InboundMessage, Location, Sender
+from omnichannel.phones import normalise_phone
 
 CHANNEL = "api"
 
@@ -57,6 +66,17 @@ class ApiMessage(BaseModel):
     attachments: list[ApiAttachment] = Field(default_factory=list, max_length=20)
     location: ApiLocation | None = None
 
+    @field_validator("sender_phone")
+    @classmethod
+    def _phone_as_e164(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        region = (info.context or {}).get("region", "ID")
+        phone = normalise_phone(value, region)
+        if phone is None:
+            raise ValueError(f"{value!r} is not a valid phone number")
+        return phone
+
     @model_validator(mode="after")
     def _has_content(self) -> ApiMessage:
         if not self.text.strip() and not self.attachments and self.location is None:
@@ -64,9 +84,12 @@ class ApiMessage(BaseModel):
         return self
 
 
-def parse(payload: Any) -> InboundMessage:
-    """Validate a decoded JSON body into a normalised message (raises `ValidationError`)."""
-    msg = ApiMessage.model_validate(payload)
+def parse(payload: Any, phone_region: str = "ID") -> InboundMessage:
+    """Validate a decoded JSON body into a normalised message (raises `ValidationError`).
+
+    `phone_region` is the country assumed for phone numbers written without one.
+    """
+    msg = ApiMessage.model_validate(payload, context={"region": phone_region})
     sent_at = msg.sent_at
     if sent_at is not None:
         sent_at = sent_at.replace(tzinfo=UTC) if sent_at.tzinfo is None else sent_at

@@ -120,34 +120,61 @@ class Ingestor:
     async def _contacts(
         self, conn: AsyncConnection, batch: Sequence[InboundMessage]
     ) -> dict[tuple[str, str], int]:
-        """Map each (channel, sender id) to its contact, creating contacts as needed."""
+        """Map each (channel, sender id) to its contact, creating contacts as needed.
+
+        A sender new on a channel whose phone number (E.164) a contact already has joins that
+        contact: the citizen on WhatsApp and on SMS is one person with one history.
+        """
         first: dict[tuple[str, str], InboundMessage] = {}
         for m in batch:
             first.setdefault((m.channel, m.sender.id), m)
         found = await self._select_identities(conn, set(first))
         missing = [k for k in first if k not in found]
-        if missing:
+        if not missing:
+            return found
+
+        # One owner per new identity: an existing contact with its phone, else a new contact
+        # shared by every new identity of the batch with the same phone.
+        phones = {first[k].sender.phone for k in missing if first[k].sender.phone}
+        owner: dict[tuple[str, str], int] = {}
+        if phones:
+            known = await conn.execute(
+                sa.select(_contact.c.phone, sa.func.min(_contact.c.id))
+                .where(_contact.c.phone.in_(phones)).group_by(_contact.c.phone)
+            )
+            by_phone = {r[0]: r[1] for r in known}
+            owner = {k: by_phone[p] for k in missing
+                     if (p := first[k].sender.phone) in by_phone}
+        groups: dict[object, list[tuple[str, str]]] = {}
+        for k in missing:
+            if k not in owner:
+                groups.setdefault(first[k].sender.phone or k, []).append(k)
+        new_ids: list[int] = []
+        if groups:
             created = await conn.execute(
                 sa.insert(_contact).returning(_contact.c.id, sort_by_parameter_order=True),
-                [{"name": first[k].sender.name, "phone": first[k].sender.phone,
-                  "created_at": utcnow()} for k in missing],
+                [{"name": first[keys[0]].sender.name, "phone": first[keys[0]].sender.phone,
+                  "created_at": utcnow()} for keys in groups.values()],
             )
             new_ids = [r[0] for r in created]
-            rows = await conn.execute(
-                _insert(conn, _identity).on_conflict_do_nothing().returning(
-                    _identity.c.channel, _identity.c.address, _identity.c.contact_id
-                ),
-                [{"contact_id": cid, "channel": k[0], "address": k[1]}
-                 for k, cid in zip(missing, new_ids, strict=True)],
-            )
-            inserted = {(r[0], r[1]): r[2] for r in rows}
-            found.update(inserted)
-            lost = [k for k in missing if k not in inserted]
-            if lost:
-                # Another worker registered these identities first: use its contacts and
-                # drop the ones made here in vain.
-                found.update(await self._select_identities(conn, set(lost)))
-                orphan = [cid for k, cid in zip(missing, new_ids, strict=True) if k in lost]
+            for keys, cid in zip(groups.values(), new_ids, strict=True):
+                owner.update(dict.fromkeys(keys, cid))
+
+        rows = await conn.execute(
+            _insert(conn, _identity).on_conflict_do_nothing().returning(
+                _identity.c.channel, _identity.c.address, _identity.c.contact_id
+            ),
+            [{"contact_id": owner[k], "channel": k[0], "address": k[1]} for k in missing],
+        )
+        inserted = {(r[0], r[1]): r[2] for r in rows}
+        found.update(inserted)
+        lost = [k for k in missing if k not in inserted]
+        if lost:
+            # Another worker registered these identities first: use its contacts and drop
+            # the ones made here in vain.
+            found.update(await self._select_identities(conn, set(lost)))
+            orphan = set(new_ids) - set(inserted.values())
+            if orphan:
                 await conn.execute(sa.delete(_contact).where(_contact.c.id.in_(orphan)))
         return found
 

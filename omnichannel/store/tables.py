@@ -38,7 +38,8 @@ class Contact(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str | None = Field(default=None, max_length=200)
-    phone: str | None = Field(default=None, max_length=32)
+    #: E.164; a new channel identity with this number joins the contact.
+    phone: str | None = Field(default=None, max_length=32, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
 
 

@@ -15,7 +15,6 @@ GOOD = {
     "external_id": "form-1",
     "sender_id": "citizen-7",
     "sender_name": "Bapak Yos",
-    "sender_phone": "+6281234567890",
     "text": "Sampah di depan pasar su tiga hari seng diangkut, bau skali",
     "sent_at": "2026-11-28T08:00:00+09:00",
 }
@@ -33,7 +32,8 @@ async def message_count(client: TestClient[Any, Any]) -> int:
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_message_is_stored_routed_and_readable(make_client: MakeClient, store: str) -> None:
     client = await make_client(store)
-    resp = await client.post("/webhooks/api", json=GOOD, headers=API_AUTH)
+    resp = await client.post("/webhooks/api", json={**GOOD, "sender_phone": "0812-3456-7890"},
+                             headers=API_AUTH)
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert body["duplicate"] is False
@@ -42,6 +42,7 @@ async def test_message_is_stored_routed_and_readable(make_client: MakeClient, st
                                    headers=AGENT_AUTH)).json()
     assert conv["queue"] == "dlhp"
     assert conv["contact_name"] == "Bapak Yos"
+    assert conv["contact_phone"] == "+6281234567890"  # E.164, however it was written
     [message] = conv["messages"]
     assert message["text"] == GOOD["text"]
     assert message["sent_at"].startswith("2026-11-27T23:00:00")  # stored in UTC
@@ -97,6 +98,7 @@ async def test_bad_token_is_refused_and_nothing_stored(
         (orjson.dumps({**GOOD, "location": {"latitude": 200, "longitude": 0}}), 422,
          "invalid message"),
         (orjson.dumps({**GOOD, "sent_at": "yesterday"}), 422, "invalid message"),
+        (orjson.dumps({**GOOD, "sender_phone": "12345"}), 422, "invalid message"),
     ],
 )
 async def test_bad_body_gets_a_4xx_that_says_why(

@@ -188,3 +188,34 @@ async def test_large_batch_is_stored_in_one_transaction(db: Database) -> None:
     assert len({s.message_id for s in stored}) == 300
     assert len({s.conversation_id for s in stored}) == 50
     assert await count(db, "contact") == 50
+
+
+async def test_one_citizen_on_several_channels_is_one_contact(db: Database) -> None:
+    phone = "+6281234567890"
+
+    def on(channel: str, sender: str, external_id: str) -> InboundMessage:
+        return InboundMessage(channel=channel, account="default", external_id=external_id,
+                              sender=Sender(id=sender, phone=phone), text="sampah",
+                              sent_at=T0)
+
+    [web] = await ingest(db, on("api", "form-user-9", "w1"))
+    # Two more channels at once, in one batch, for a number the store already knows...
+    wa, sms = await ingest(db, on("whatsapp", "6281234567890", "wa1"),
+                           on("sms", phone, "sms1"))
+    assert web.event and wa.event and sms.event
+    assert web.event.contact_id == wa.event.contact_id == sms.event.contact_id
+    # ...each channel keeps its own conversation, replies leave where the citizen wrote.
+    assert len({web.conversation_id, wa.conversation_id, sms.conversation_id}) == 3
+    assert await count(db, "contact") == 1
+    assert await count(db, "contact_identity") == 3
+
+
+async def test_new_phone_on_two_channels_in_one_batch_makes_one_contact(db: Database) -> None:
+    def on(channel: str, external_id: str) -> InboundMessage:
+        return InboundMessage(channel=channel, account="default", external_id=external_id,
+                              sender=Sender(id=f"{channel}-id", phone="+6285200000001"),
+                              text="jalan rusak", sent_at=T0)
+
+    a, b = await ingest(db, on("whatsapp", "x1"), on("sms", "x2"))
+    assert a.event and b.event and a.event.contact_id == b.event.contact_id
+    assert await count(db, "contact") == 1
