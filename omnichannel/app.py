@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
 from omnichannel import metrics
-from omnichannel.adapters import api as api_channel
+from omnichannel.adapters import REGISTRY, Adapter
+from omnichannel.adapters.webhook import handle_webhook
 from omnichannel.appkeys import ENGINE
 from omnichannel.bus import Bus, Subscription, make_bus
-from omnichannel.delivery import ApiCallbackSender, Deliverer, Sender
-from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
+from omnichannel.delivery import Deliverer, Sender
+from omnichannel.http import fail, json_response, require_bearer
 from omnichannel.inbox.api import routes as inbox_routes
 from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent
 from omnichannel.openapi import openapi_document
-from omnichannel.pipeline import IngestPipeline, Publisher, ShuttingDown
+from omnichannel.pipeline import IngestPipeline, Publisher
 from omnichannel.router import RulesError, RuleSet, load_rules
 from omnichannel.settings import Settings
 from omnichannel.store.database import Database, create_database
@@ -54,7 +53,8 @@ class Engine:
         self.live: set[asyncio.Queue[RoutedEvent | None]] = set()
         self._subscriptions: dict[str, Subscription] = {}
         self._http: aiohttp.ClientSession | None = None
-        # Filled at start, when the HTTP client the senders share can be made in the loop.
+        # Filled at start, when the HTTP client the adapters share can be made in the loop.
+        self.adapters: dict[str, Adapter] = {}
         self._senders: dict[str, Sender] = {}
         self.deliverer = Deliverer(
             self.db, self._senders, attempts=settings.delivery_attempts,
@@ -112,10 +112,8 @@ class Engine:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
         )
-        if self.settings.api_callback_url:
-            self._senders[api_channel.CHANNEL] = ApiCallbackSender(
-                self.settings.api_callback_url, self._http
-            )
+        for name, build in REGISTRY.items():
+            self.adapters[name] = self._senders[name] = build(self.settings, self._http)
         await self.publisher.start()
         await self.pipeline.start()
         await self.deliverer.start()
@@ -134,6 +132,8 @@ class Engine:
         await self.pipeline.stop()
         await self.publisher.stop()
         await self.deliverer.stop()
+        for adapter in self.adapters.values():
+            await adapter.close()
         for subscription in self._subscriptions.values():
             await subscription.cancel()
         if self._http is not None:
@@ -143,37 +143,20 @@ class Engine:
         log.info("engine_stopped")
 
 
-async def webhook_api(request: web.Request) -> web.Response:
-    """Take one message from a trusted system; 2xx only once it is stored durably."""
-    engine = request.app[ENGINE]
-    started = time.perf_counter()
-    try:
-        require_bearer(request, engine.settings.api_token, "the api channel")
-        payload = parse_json(await read_body(request, engine.settings.max_body_bytes))
-        try:
-            message = api_channel.parse(payload, engine.settings.phone_region)
-        except ValidationError as exc:
-            fail(422, "invalid message", detail=api_channel.describe_errors(exc))
-    except web.HTTPException as exc:
-        metrics.REQUESTS_REJECTED.labels(api_channel.CHANNEL, str(exc.status)).inc()
-        raise
-    try:
-        stored = await engine.pipeline.submit(message)
-    except ShuttingDown:
-        fail(503, "the engine is shutting down; retry later")
-    except RuntimeError:
-        fail(500, "the message could not be stored; retry later")
-    log.debug("api_message_stored", message_id=stored.message_id,
-              duplicate=stored.duplicate, ms=round((time.perf_counter() - started) * 1000, 2))
-    return json_response(
-        {
-            "message_id": stored.message_id,
-            "conversation_id": stored.conversation_id,
-            "tracking_number": stored.tracking_number,
-            "duplicate": stored.duplicate,
-        },
-        status=200 if stored.duplicate else 201,
-    )
+def webhook_view(channel: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of `/webhooks/<channel>`."""
+
+    async def view(request: web.Request) -> web.Response:
+        engine = request.app[ENGINE]
+        adapter = engine.adapters.get(channel)
+        if adapter is None:
+            fail(404, f"the {channel} channel is not configured")
+        return await handle_webhook(
+            adapter, request, engine.pipeline.submit,
+            max_body_bytes=engine.settings.max_body_bytes, public_url=engine.settings.public_url,
+        )
+
+    return view
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -230,7 +213,8 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
-    app.router.add_post("/webhooks/api", webhook_api)
+    for channel in REGISTRY:
+        app.router.add_route("*", f"/webhooks/{channel}", webhook_view(channel))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

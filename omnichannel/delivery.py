@@ -7,7 +7,6 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 import structlog
 
 from omnichannel import metrics
@@ -43,34 +42,6 @@ class Sender(Protocol):
     """Hands one reply to a provider and returns the provider's id for it, if any."""
 
     async def send(self, message: Outgoing) -> str | None: ...
-
-
-class ApiCallbackSender:
-    """Delivers replies on the `api` channel by POSTing JSON to the configured callback URL."""
-
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
-        self._url = url
-        self._session = session
-
-    async def send(self, message: Outgoing) -> str | None:
-        """POST the reply; 2xx is delivered, 4xx is final, anything else is retried."""
-        body = {
-            "message_id": message.message_id,
-            "conversation_id": message.conversation_id,
-            "tracking_number": message.tracking_number,
-            "account": message.account,
-            "recipient": message.recipient,
-            "text": message.text,
-        }
-        headers = {"Idempotency-Key": f"omnichannel-{message.message_id}"}
-        try:
-            async with self._session.post(self._url, json=body, headers=headers) as resp:
-                if resp.status < 300:
-                    return None
-                detail = f"callback answered HTTP {resp.status}"
-                raise DeliveryError(detail, retryable=resp.status >= 500 or resp.status == 429)
-        except aiohttp.ClientError as exc:
-            raise DeliveryError(f"callback unreachable: {exc}", retryable=True) from exc
 
 
 class Deliverer:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     #: Bearer token of the agent API until per-agent accounts exist; unset disables it.
     agent_token: SecretStr | None = None
+    #: The public base URL providers call (e.g. https://lapor.example.go.id); signatures are
+    #: checked against it, not against the address this server sees behind a proxy.
+    public_url: str | None = None
     #: Where agents' replies on the `api` channel are POSTed as JSON.
     api_callback_url: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -71,7 +74,7 @@ class Settings(BaseSettings):
                 raise ValueError("is an example value or shorter than 16 characters")
         return value
 
-    @field_validator("broker_url", "api_callback_url", mode="before")
+    @field_validator("broker_url", "api_callback_url", "public_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -1,0 +1,24 @@
+"""Channel adapters: the registry from channel name to the adapter built from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aiohttp
+
+from omnichannel.adapters.api import ApiAdapter
+from omnichannel.adapters.base import Adapter
+from omnichannel.settings import Settings
+
+#: How to build each channel's adapter from the settings; one adapter serves every account
+#: of its channel, and its webhook is `/webhooks/<name>`.
+Factory = Callable[[Settings, aiohttp.ClientSession], Adapter]
+
+REGISTRY: dict[str, Factory] = {
+    ApiAdapter.name: lambda settings, session: ApiAdapter(
+        token=settings.api_token, callback_url=settings.api_callback_url, session=session,
+        phone_region=settings.phone_region,
+    ),
+}
+
+__all__ = ["REGISTRY", "Adapter", "Factory"]

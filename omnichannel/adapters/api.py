@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+import orjson
+from aiohttp import web
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from omnichannel.adapters.base import (
+    Adapter,
+    Capabilities,
+    ChannelDisabled,
+    PayloadError,
+    SignatureError,
+    WebhookRequest,
+)
+from omnichannel.delivery import DeliveryError, Outgoing
+from omnichannel.http import json_response
 from omnichannel.model import Attachment, InboundMessage, Location, Sender
 from omnichannel.phones import normalise_phone
+from omnichannel.store.ingest import Stored
 
 CHANNEL = "api"
 
@@ -115,3 +132,77 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
         {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"]}
         for err in exc.errors()
     ]
+
+
+class ApiAdapter(Adapter):
+    """Bearer-token JSON in; agents' replies out as JSON POSTs to a callback URL."""
+
+    name = CHANNEL
+    capabilities = Capabilities(max_text_length=20000, media=True)
+
+    def __init__(
+        self, *, token: SecretStr | None, callback_url: str | None,
+        session: aiohttp.ClientSession | None, phone_region: str = "ID",
+    ) -> None:
+        self._token = token
+        self._callback_url = callback_url
+        self._session = session
+        self._phone_region = phone_region
+
+    def verify(self, request: WebhookRequest) -> None:
+        """The request must carry the configured bearer token (compared in constant time)."""
+        if self._token is None:
+            raise ChannelDisabled("the api channel is disabled: no token is configured")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise SignatureError("missing bearer token in the Authorization header", status=401)
+        if not hmac.compare_digest(given.strip().encode(),
+                                   self._token.get_secret_value().encode()):
+            raise SignatureError("invalid bearer token", status=401)
+
+    def parse(self, request: WebhookRequest) -> list[InboundMessage]:
+        """One message per request, validated field by field."""
+        if not request.body:
+            raise PayloadError("empty body: a JSON object is required", status=400)
+        try:
+            payload = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            raise PayloadError(f"malformed JSON: {exc}", status=400) from exc
+        try:
+            return [parse(payload, self._phone_region)]
+        except ValidationError as exc:
+            raise PayloadError("invalid message", detail=describe_errors(exc)) from exc
+
+    def acknowledge(self, stored: Sequence[Stored]) -> web.Response:
+        """201 with the tracking number; 200 when the external id was stored before."""
+        [one] = stored
+        return json_response(
+            {"message_id": one.message_id, "conversation_id": one.conversation_id,
+             "tracking_number": one.tracking_number, "duplicate": one.duplicate},
+            status=200 if one.duplicate else 201,
+        )
+
+    async def send(self, message: Outgoing) -> str | None:
+        """POST the reply; 2xx is delivered, 4xx is final, anything else is retried."""
+        if self._callback_url is None or self._session is None:
+            raise DeliveryError("no api_callback_url is configured for the api channel",
+                                retryable=False)
+        body = {
+            "message_id": message.message_id,
+            "conversation_id": message.conversation_id,
+            "tracking_number": message.tracking_number,
+            "account": message.account,
+            "recipient": message.recipient,
+            "text": message.text,
+        }
+        headers = {"Idempotency-Key": f"omnichannel-{message.message_id}"}
+        try:
+            async with self._session.post(self._callback_url, json=body,
+                                          headers=headers) as resp:
+                if resp.status < 300:
+                    return None
+                detail = f"callback answered HTTP {resp.status}"
+                raise DeliveryError(detail, retryable=resp.status >= 500 or resp.status == 429)
+        except aiohttp.ClientError as exc:
+            raise DeliveryError(f"callback unreachable: {exc}", retryable=True) from exc
+

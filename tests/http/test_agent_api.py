@@ -121,7 +121,8 @@ async def test_reply_without_a_sender_fails_visibly(client: TestClient[Any, Any]
                       headers=AGENT_AUTH)
 
     await wait_for_delivery(client, conv_id, "failed")
-    assert "no sender" in (await conversation(client, conv_id))["messages"][-1]["delivery_error"]
+    assert "no api_callback_url" in (await conversation(client, conv_id))["messages"][-1][
+        "delivery_error"]
 
 
 async def test_errors_of_the_agent_api(client: TestClient[Any, Any]) -> None:

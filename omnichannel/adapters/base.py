@@ -1,0 +1,95 @@
+"""The narrow contract every channel adapter fulfils: verify, parse, send, close.
+
+Verifying and parsing are pure functions of a `WebhookRequest` (headers, query and raw body),
+so they are tested without a server; only `send` does I/O. The engine mounts a webhook
+adapter's routes under `/webhooks/<name>` and does the rest: body limits, storing each parsed
+message durably before answering, metrics and logs.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from omnichannel.delivery import Outgoing
+from omnichannel.http import json_response
+from omnichannel.model import InboundMessage
+from omnichannel.store.ingest import Stored
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a channel can carry, so replies are shaped before they are sent."""
+
+    max_text_length: int
+    media: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """A provider's request as plain data: what verification and parsing look at."""
+
+    method: str
+    #: The URL the provider called, as it signed it (behind a proxy: the public URL).
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+class SignatureError(Exception):
+    """The request is not proven to come from the provider; nothing of it is stored."""
+
+    def __init__(self, message: str, *, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ChannelDisabled(Exception):
+    """The channel has no credentials configured, so it takes nothing."""
+
+
+class PayloadError(Exception):
+    """The body is well signed but not a message the channel understands."""
+
+    def __init__(self, message: str, *, status: int = 422,
+                 detail: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = list(detail)
+
+
+class Adapter(abc.ABC):
+    """One channel account: verifies and parses what arrives, sends what leaves."""
+
+    #: Channel name: the webhook path `/webhooks/<name>` and `InboundMessage.channel`.
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: HTTP methods the provider uses on the webhook (a GET handshake, for some).
+    methods: ClassVar[frozenset[str]] = frozenset({"POST"})
+
+    @abc.abstractmethod
+    def verify(self, request: WebhookRequest) -> None:
+        """Raise `SignatureError` unless the request provably comes from the provider."""
+
+    @abc.abstractmethod
+    def parse(self, request: WebhookRequest) -> list[InboundMessage]:
+        """The messages a verified request carries; raise `PayloadError` if it is malformed."""
+
+    def acknowledge(self, stored: Sequence[Stored]) -> web.Response:
+        """The answer the provider expects once every message is stored durably."""
+        return json_response({"stored": [s.message_id for s in stored]})
+
+    @abc.abstractmethod
+    async def send(self, message: Outgoing) -> str | None:
+        """Hand a reply to the provider; returns its id for the message, if it gives one.
+
+        Raises `omnichannel.delivery.DeliveryError`, saying whether a retry may help.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - most adapters hold nothing to release
+        """Release connections the adapter holds."""
