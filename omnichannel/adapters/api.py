@@ -205,4 +205,6 @@ class ApiAdapter(Adapter):
                 raise DeliveryError(detail, retryable=resp.status >= 500 or resp.status == 429)
         except aiohttp.ClientError as exc:
             raise DeliveryError(f"callback unreachable: {exc}", retryable=True) from exc
+        except TimeoutError as exc:
+            raise DeliveryError("callback did not answer in time", retryable=True) from exc
 

@@ -159,3 +159,10 @@ async def test_greeting_goes_to_triage_until_content_arrives(
     conv = await (await client.get(f"/api/v1/conversations/{conv_id}", headers=AGENT_AUTH)).json()
     assert conv["queue"] == "dlhp"
     assert len(conv["messages"]) == 2
+
+
+async def test_only_post_is_accepted(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/webhooks/api", headers=API_AUTH)
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+    assert (await client.post("/webhooks/nonesuch", json=GOOD)).status == 404

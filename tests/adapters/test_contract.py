@@ -1,0 +1,138 @@
+"""The shared adapter contract, run over every registered adapter through its kit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from omnichannel.adapters import REGISTRY
+from omnichannel.adapters.base import SignatureError
+from omnichannel.delivery import DeliveryError, Outgoing
+from tests.adapters.kits import KITS, Kit
+
+OUTGOING = Outgoing(message_id=7, conversation_id=3, tracking_number="AMB-2026-000003",
+                    channel="api", account="default", recipient="c-1",
+                    text="Terima kasih, laporan sudah diteruskan.")
+
+
+def test_every_registered_adapter_has_a_kit() -> None:
+    assert {k.name for k in KITS} == set(REGISTRY)
+
+
+class FakeProvider:
+    """A loopback server standing in for the provider's send API; records what it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.answers: list[int] = []
+        self.delay_s = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.read())
+        await asyncio.sleep(self.delay_s)
+        status = self.answers.pop(0) if self.answers else 200
+        return web.json_response({"ok": status < 300}, status=status)
+
+
+@pytest.fixture(params=KITS, ids=lambda k: k.name)
+def kit(request: pytest.FixtureRequest) -> Kit:
+    result: Kit = request.param
+    return result
+
+
+@pytest.fixture
+async def provider(kit: Kit) -> AsyncIterator[tuple[FakeProvider, str]]:
+    fake = FakeProvider()
+    app = web.Application()
+    app.router.add_route("*", kit.provider_path, fake.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url(kit.provider_path))
+    await server.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+        yield s
+
+
+def test_genuine_requests_verify(kit: Kit, session: aiohttp.ClientSession) -> None:
+    adapter = kit.build("http://127.0.0.1:9/", session)
+    for request, _ in kit.fixtures:
+        adapter.verify(request)
+
+
+def test_forged_requests_are_refused(kit: Kit, session: aiohttp.ClientSession) -> None:
+    adapter = kit.build("http://127.0.0.1:9/", session)
+    for request, _ in kit.fixtures:
+        for forged in kit.forgeries(request):
+            with pytest.raises(SignatureError) as refused:
+                adapter.verify(forged)
+            assert 400 <= refused.value.status < 500
+        if kit.signs_body:
+            with pytest.raises(SignatureError):
+                adapter.verify(replace(request, body=request.body + b" "))
+
+
+def test_fixtures_parse_to_the_expected_messages(
+    kit: Kit, session: aiohttp.ClientSession
+) -> None:
+    adapter = kit.build("http://127.0.0.1:9/", session)
+    for request, expected in kit.fixtures:
+        [message] = adapter.parse(request)
+        actual: dict[str, Any] = {
+            "channel": message.channel, "account": message.account,
+            "external_id": message.external_id, "sender_id": message.sender.id,
+            "text": message.text, "phone": message.sender.phone,
+            "latitude": message.location.latitude if message.location else None,
+            "attachments": len(message.attachments),
+        }
+        assert {k: actual[k] for k in expected} == expected
+        # A repeated delivery parses to the same dedupe key, so it is stored once.
+        [again] = adapter.parse(request)
+        assert (again.channel, again.account, again.external_id) == (
+            message.channel, message.account, message.external_id)
+
+
+async def test_send_reaches_the_provider(
+    kit: Kit, provider: tuple[FakeProvider, str], session: aiohttp.ClientSession
+) -> None:
+    fake, url = provider
+    adapter = kit.build(url, session)
+    await adapter.send(OUTGOING)
+    [body] = fake.received
+    assert OUTGOING.text.encode() in body
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True),
+                                                   (400, False), (403, False)])
+async def test_provider_errors_say_whether_a_retry_may_help(
+    kit: Kit, provider: tuple[FakeProvider, str], session: aiohttp.ClientSession,
+    status: int, retryable: bool,
+) -> None:
+    fake, url = provider
+    fake.answers = [status]
+    with pytest.raises(DeliveryError) as failed:
+        await kit.build(url, session).send(OUTGOING)
+    assert failed.value.retryable is retryable
+
+
+async def test_unreachable_or_hung_provider_is_a_retryable_error(
+    kit: Kit, provider: tuple[FakeProvider, str], session: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(DeliveryError) as failed:
+        await kit.build("http://127.0.0.1:9/nothing-listens", session).send(OUTGOING)
+    assert failed.value.retryable
+    fake, url = provider
+    fake.delay_s = 5  # longer than the session's 2 s bound
+    with pytest.raises(DeliveryError) as hung:
+        await kit.build(url, session).send(OUTGOING)
+    assert hung.value.retryable
