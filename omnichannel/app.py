@@ -24,6 +24,7 @@ from omnichannel.openapi import openapi_document
 from omnichannel.pipeline import IngestPipeline, Publisher
 from omnichannel.router import RulesError, RuleSet, load_rules
 from omnichannel.settings import Settings
+from omnichannel.store import outbox
 from omnichannel.store.database import Database, create_database
 from omnichannel.store.ingest import Ingestor
 from omnichannel.store.migrate import upgrade
@@ -104,7 +105,11 @@ class Engine:
     async def start(self) -> None:
         """Migrate the database, declare the bus topology and start every stage."""
         await upgrade(self.settings.database_url)
-        await self._declare(self.rules.opds)
+        async with self.db.api.connect() as conn:
+            # Events stored for a queue the rules no longer name must still have somewhere
+            # to go, or the relay would retry them forever.
+            pending = await outbox.pending_queues(conn)
+        await self._declare(set(self.rules.opds) | pending)
         if self.settings.broker_url:
             # RabbitMQ's OPD queues belong to their consumers; this process shows agents
             # what it has published itself.

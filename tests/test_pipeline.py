@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from omnichannel.bus import BusError, MemoryBus
 from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent, Sender
 from omnichannel.pipeline import IngestPipeline, Publisher
-from omnichannel.store.database import Database
+from omnichannel.store.database import Database, create_database
 from omnichannel.store.ingest import Ingestor
 
 
@@ -103,3 +103,27 @@ async def test_a_restarted_relay_publishes_what_was_stored_before(db: Database) 
     assert {s.message_id for s in stored} <= seen
     assert await unpublished(db) == 0
     await fresh.stop()
+
+
+async def test_events_of_a_queue_gone_from_the_rules_are_still_published(
+    database_url: str,
+) -> None:
+    from omnichannel.app import Engine
+    from omnichannel.router import load_rules
+    from omnichannel.settings import Settings
+    from tests.conftest import REPO
+
+    db = create_database(database_url)
+    async with db.write() as conn:
+        await Ingestor(lambda m: RouteDecision("retired-opd", "old", "why"), "AMB").ingest(
+            conn, [message(1), message(2)])
+    await db.dispose()
+    rules = load_rules(REPO / "config" / "routing.yaml")
+    assert "retired-opd" not in rules.opds
+    engine = Engine(Settings(database_url=database_url, broker_url=None), rules)
+    await engine.start()
+    try:
+        await asyncio.wait_for(engine.publisher.drain(), 10)
+        assert await unpublished(engine.db) == 0
+    finally:
+        await engine.stop()

@@ -50,3 +50,13 @@ async def mark_published(conn: AsyncConnection, message_ids: Sequence[int]) -> N
             published_at=utcnow()
         )
     )
+
+
+async def pending_queues(conn: AsyncConnection) -> set[str]:
+    """Queue codes of events still to publish (a queue may since have left the rules)."""
+    m = _message.c
+    rows = await conn.execute(
+        sa.select(m.queue).distinct()
+        .where(m.published_at.is_(None), m.direction == "inbound", m.queue.is_not(None))
+    )
+    return {r[0] for r in rows}
