@@ -39,7 +39,8 @@ def _ok(description: str) -> dict[str, Any]:
 
 _AUTH_ERRORS = {"401": _error("missing or wrong bearer token"),
                 "503": _error("disabled: no token configured")}
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_ID = {"name": "id", "in": "path", "required": True, "schema": _ID_SCHEMA}
 
 
 @cache
@@ -90,7 +91,7 @@ def openapi_document() -> dict[str, Any]:
                                                    "closed"]}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                  "maximum": 500}},
-                    {"name": "before", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "before", "in": "query", "schema": _ID_SCHEMA},
                 ],
                 "responses": {"200": _ok("conversations"), "400": _error("bad filter"),
                               **_AUTH_ERRORS},
@@ -99,6 +100,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "One conversation with its messages",
                 "security": bearer, "parameters": [_ID],
                 "responses": {"200": _ok("the conversation"), "404": _error("no such id"),
+                              "400": _error("id is not an integer in range"),
                               **_AUTH_ERRORS},
             }},
             "/api/v1/conversations/{id}/messages": {"post": {
@@ -106,6 +108,7 @@ def openapi_document() -> dict[str, Any]:
                 "security": bearer, "parameters": [_ID],
                 "requestBody": _json_body("ReplyRequest"),
                 "responses": {"202": _ok("queued for delivery"), "404": _error("no such id"),
+                              "400": _error("bad id, or body not JSON"),
                               "422": _error("invalid fields"), **_AUTH_ERRORS},
             }},
             "/api/v1/conversations/{id}/status": {"post": {
@@ -113,6 +116,7 @@ def openapi_document() -> dict[str, Any]:
                 "security": bearer, "parameters": [_ID],
                 "requestBody": _json_body("StatusRequest"),
                 "responses": {"200": _ok("changed"), "404": _error("no such id"),
+                              "400": _error("bad id, or body not JSON"),
                               "409": _error("would open a second active conversation"),
                               "422": _error("invalid status"), **_AUTH_ERRORS},
             }},

@@ -86,7 +86,7 @@ class ApiMessage(BaseModel):
     @field_validator("sender_phone")
     @classmethod
     def _phone_as_e164(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
+        if value is None or not value.strip():
             return None
         region = (info.context or {}).get("region", "ID")
         phone = normalise_phone(value, region)

@@ -49,13 +49,20 @@ def _engine(request: web.Request) -> Engine:
     return engine
 
 
+#: Ids are 64-bit in the database: anything larger can name nothing.
+_MAX_ID = 2**63 - 1
+
+
 def _int(value: str | None, name: str, default: int | None = None) -> int | None:
     if value is None:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         fail(400, f"{name} must be an integer, not {value!r}")
+    if not 0 <= number <= _MAX_ID:
+        fail(400, f"{name} must be between 0 and {_MAX_ID}")
+    return number
 
 
 def _conversation_id(request: web.Request) -> int:

@@ -170,3 +170,14 @@ async def test_events_stream_routed_messages_live(client: TestClient[Any, Any]) 
     assert lines[1] == b"event: routed\n"
     assert b'"queue":"dlhp"' in lines[2] and b'"schema":1' in lines[2]
     resp.close()
+
+
+async def test_ids_beyond_the_database_range_are_a_client_error(
+    client: TestClient[Any, Any],
+) -> None:
+    huge = str(2**70)
+    for path in (f"/api/v1/conversations/{huge}", f"/api/v1/conversations?before={huge}",
+                 f"/api/v1/conversations?limit={huge}"):
+        resp = await client.get(path, headers=AGENT_AUTH)
+        assert resp.status == 400, path
+        assert "between" in (await resp.json())["error"] or "limit" in (await resp.json())["error"]

@@ -166,3 +166,12 @@ async def test_only_post_is_accepted(client: TestClient[Any, Any]) -> None:
     assert resp.status == 405
     assert resp.headers["Allow"] == "POST"
     assert (await client.post("/webhooks/nonesuch", json=GOOD)).status == 404
+
+
+async def test_an_empty_phone_is_no_phone(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/webhooks/api", json={**GOOD, "sender_phone": " "},
+                             headers=API_AUTH)
+    assert resp.status == 201
+    conv_id = (await resp.json())["conversation_id"]
+    conv = await (await client.get(f"/api/v1/conversations/{conv_id}", headers=AGENT_AUTH)).json()
+    assert conv["contact_phone"] is None
