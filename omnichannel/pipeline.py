@@ -238,10 +238,12 @@ class Publisher:
             try:
                 await self._bus.publish(batch)
                 break
-            except BusError:
+            except BusError as exc:
+                # Retried every few seconds for as long as the broker is away: one line each,
+                # without a traceback.
                 metrics.PUBLISH_FAILURES.inc()
                 log.warning("publish_failed_retrying", events=len(batch), delay=delay,
-                            exc_info=True)
+                            error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
         for event in batch:
@@ -271,8 +273,8 @@ class Publisher:
                 async with self._db.write() as conn:
                     await outbox.mark_published(conn, ids)
                 return
-            except sa.exc.DBAPIError:
+            except sa.exc.DBAPIError as exc:
                 # Unmarked events are published again after a restart; keep trying meanwhile.
-                log.warning("mark_published_failed", events=len(ids), exc_info=True)
+                log.warning("mark_published_failed", events=len(ids), error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
