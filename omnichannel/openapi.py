@@ -81,6 +81,20 @@ def openapi_document() -> dict[str, Any]:
                     "422": _error("invalid fields"), **_AUTH_ERRORS,
                 },
             }},
+            "/webhooks/telegram": {"post": {
+                "summary": "Telegram Bot API webhook (an Update), for every configured bot",
+                "parameters": [{"name": "X-Telegram-Bot-Api-Secret-Token", "in": "header",
+                                "required": True, "schema": {"type": "string"},
+                                "description": "the webhook secret of one configured bot"}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object",
+                               "description": "https://core.telegram.org/bots/api#update"}}}},
+                "responses": {"200": _ok("stored durably (or carried no message)"),
+                              "400": _error("not a Telegram update"),
+                              "403": _error("missing or wrong secret token"),
+                              "413": _error("body too large"),
+                              "503": _error("no bot configured")},
+            }},
             "/api/v1/conversations": {"get": {
                 "summary": "List conversations, newest first",
                 "security": bearer,

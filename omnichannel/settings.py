@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from ruamel.yaml import YAML
@@ -21,6 +22,25 @@ EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "example", "xxx"
 
 class ConfigError(Exception):
     """The configuration file or environment is invalid."""
+
+
+class TelegramBot(BaseModel):
+    """One Telegram bot: its account name here, its Bot API token and its webhook secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=200)
+    token: SecretStr
+    #: Telegram allows 1-256 characters of A-Z, a-z, 0-9, _ and -; we ask for 16 at least,
+    #: and a different one for every bot (it tells the bots' webhooks apart).
+    webhook_secret: SecretStr
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _telegram_secret_alphabet(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", value.get_secret_value()):
+            raise ValueError("must be 16-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
 
 
 class Settings(BaseSettings):
@@ -49,6 +69,11 @@ class Settings(BaseSettings):
     public_url: str | None = None
     #: Where agents' replies on the `api` channel are POSTed as JSON.
     api_callback_url: str | None = None
+    #: Telegram bots; with secrets, set them in the environment as JSON, e.g.
+    #: OMNICHANNEL_TELEGRAM_BOTS='[{"account": "lapor", "token": "...", "webhook_secret": "..."}]'
+    telegram_bots: list[TelegramBot] = Field(default_factory=list)
+    #: The Bot API's base URL (a local Bot API server, or a fake in tests).
+    telegram_api_url: str = "https://api.telegram.org"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Largest number of inbound messages written in one database transaction.
     ingest_batch_size: int = Field(default=256, gt=0)

@@ -8,6 +8,7 @@ import aiohttp
 
 from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter
+from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.settings import Settings
 
 #: How to build each channel's adapter from the settings; one adapter serves every account
@@ -18,6 +19,10 @@ REGISTRY: dict[str, Factory] = {
     ApiAdapter.name: lambda settings, session: ApiAdapter(
         token=settings.api_token, callback_url=settings.api_callback_url, session=session,
         phone_region=settings.phone_region,
+    ),
+    TelegramAdapter.name: lambda settings, _session: TelegramAdapter(
+        settings.telegram_bots, api_url=settings.telegram_api_url,
+        timeout_s=settings.delivery_timeout_s, phone_region=settings.phone_region,
     ),
 }
 

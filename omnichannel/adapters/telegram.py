@@ -1,0 +1,151 @@
+"""Telegram: bots' webhooks in (python-telegram-bot's `Update`), replies out through its `Bot`.
+
+One adapter serves every configured bot. Telegram sends each bot's secret in the
+`X-Telegram-Bot-Api-Secret-Token` header; the secret both proves the request and names the
+bot (account) it was sent to, so every bot needs its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from telegram import Bot, Update
+from telegram import Message as TgMessage
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.request import HTTPXRequest
+
+from omnichannel.adapters.base import (
+    Adapter,
+    Capabilities,
+    ChannelDisabled,
+    PayloadError,
+    SignatureError,
+    WebhookRequest,
+)
+from omnichannel.delivery import DeliveryError, Outgoing
+from omnichannel.model import Attachment, InboundMessage, Location, Sender
+from omnichannel.phones import normalise_phone
+from omnichannel.settings import TelegramBot
+
+CHANNEL = "telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
+
+
+class TelegramAdapter(Adapter):
+    """Every configured bot's webhook and sender."""
+
+    name = CHANNEL
+    capabilities = Capabilities(max_text_length=4096, media=True)
+
+    def __init__(
+        self, bots: list[TelegramBot], *, api_url: str = "https://api.telegram.org",
+        timeout_s: float = 10.0, phone_region: str = "ID",
+    ) -> None:
+        secrets = [b.webhook_secret.get_secret_value() for b in bots]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("every Telegram bot needs its own webhook_secret")
+        self._bots = {b.account: b for b in bots}
+        self._phone_region = phone_region
+        base = api_url.rstrip("/")
+        # Ours to close: a Bot never initialised (that would call getMe) skips its shutdown.
+        self._requests = {
+            b.account: HTTPXRequest(connect_timeout=timeout_s, read_timeout=timeout_s,
+                                    write_timeout=timeout_s, pool_timeout=timeout_s)
+            for b in bots
+        }
+        self._clients = {
+            b.account: Bot(b.token.get_secret_value(), base_url=f"{base}/bot",
+                           base_file_url=f"{base}/file/bot", request=self._requests[b.account])
+            for b in bots
+        }
+
+    def _account(self, request: WebhookRequest) -> str | None:
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        found = None
+        for bot in self._bots.values():
+            # Compare with every bot, in constant time, so timing tells nothing.
+            if hmac.compare_digest(given, bot.webhook_secret.get_secret_value().encode()):
+                found = bot.account
+        return found
+
+    def verify(self, request: WebhookRequest) -> None:
+        """The secret header must be one of the configured bots' webhook secrets."""
+        if not self._bots:
+            raise ChannelDisabled("the telegram channel is disabled: no bot is configured")
+        if SECRET_HEADER not in request.headers:
+            raise SignatureError(f"missing {SECRET_HEADER} header")
+        if self._account(request) is None:
+            raise SignatureError(f"wrong {SECRET_HEADER}")
+
+    def parse(self, request: WebhookRequest) -> list[InboundMessage]:
+        """The citizen's message in an update; other updates (edits, joins...) carry none."""
+        account = self._account(request)
+        assert account is not None, "parse() runs only after verify()"
+        try:
+            data = orjson.loads(request.body)
+            update = Update.de_json(data, self._clients[account])
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+            raise PayloadError(f"not a Telegram update: {exc}", status=400) from exc
+        message = update.message
+        if message is None or message.from_user is None:
+            return []
+        return [self._normalise(account, message, data)]
+
+    def _normalise(self, account: str, message: TgMessage, raw: dict[str, Any]) -> InboundMessage:
+        user = message.from_user
+        assert user is not None
+        phone = None
+        if message.contact is not None and message.contact.user_id == user.id:
+            phone = normalise_phone(message.contact.phone_number, self._phone_region)
+        attachments: list[Attachment] = []
+        if message.photo:
+            largest = message.photo[-1]  # Telegram lists sizes smallest first
+            attachments.append(Attachment(content_type="image/jpeg", size=largest.file_size,
+                                          url=f"telegram-file:{largest.file_id}"))
+        for media, default_type in ((message.document, "application/octet-stream"),
+                                    (message.voice, "audio/ogg"),
+                                    (message.video, "video/mp4")):
+            if media is not None:
+                attachments.append(Attachment(
+                    content_type=getattr(media, "mime_type", None) or default_type,
+                    size=media.file_size, url=f"telegram-file:{media.file_id}",
+                    filename=getattr(media, "file_name", None),
+                ))
+        location = None
+        if message.location is not None:
+            location = Location(latitude=message.location.latitude,
+                                longitude=message.location.longitude)
+        return InboundMessage(
+            channel=CHANNEL, account=account,
+            # message_id is unique within a chat; the chat makes it unique for the bot.
+            external_id=f"{message.chat.id}:{message.message_id}",
+            sender=Sender(id=str(message.chat.id), name=user.full_name, phone=phone),
+            text=message.text or message.caption or "",
+            sent_at=message.date, attachments=tuple(attachments), location=location, raw=raw,
+        )
+
+    async def send(self, message: Outgoing) -> str | None:
+        """`sendMessage` through the conversation's bot; returns `<chat id>:<message id>`."""
+        bot = self._clients.get(message.account)
+        if bot is None:
+            raise DeliveryError(f"no Telegram bot is configured for {message.account!r}",
+                                retryable=False)
+        try:
+            sent = await bot.send_message(chat_id=int(message.recipient), text=message.text)
+        except RetryAfter as exc:
+            raise DeliveryError(f"Telegram asks to retry after {exc.retry_after}",
+                                retryable=True) from exc
+        except (BadRequest, Forbidden, InvalidToken) as exc:
+            raise DeliveryError(f"Telegram refused the message: {exc}", retryable=False) from exc
+        except TelegramError as exc:
+            raise DeliveryError(f"Telegram unreachable or failing: {exc}",
+                                retryable=True) from exc
+        # Message ids count per chat, and share a chat's sequence with the citizen's own.
+        return f"{sent.chat.id}:{sent.message_id}"
+
+    async def close(self) -> None:
+        """Close every bot's HTTP client."""
+        for request in self._requests.values():
+            await request.shutdown()
