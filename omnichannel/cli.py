@@ -105,6 +105,34 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
+    """Register `<public_url>/webhooks/telegram` and each bot's secret with Telegram."""
+    from omnichannel.adapters.telegram import TelegramAdapter
+
+    settings = _settings(args)
+    base = args.url or settings.public_url
+    if not base:
+        print("omnichannel: set public_url (or pass --url) to the address Telegram can reach",
+              file=sys.stderr)
+        return 2
+    if not settings.telegram_bots:
+        print("omnichannel: no Telegram bot is configured (telegram_bots)", file=sys.stderr)
+        return 2
+    url = base.rstrip("/") + "/webhooks/telegram"
+
+    async def register() -> list[str]:
+        adapter = TelegramAdapter(settings.telegram_bots, api_url=settings.telegram_api_url,
+                                  timeout_s=settings.delivery_timeout_s)
+        try:
+            return await adapter.set_webhooks(url)
+        finally:
+            await adapter.close()
+
+    for account in asyncio.run(register()):
+        print(f"{account}: webhook set to {url}")
+    return 0
+
+
 def route_lines(rules: RuleSet, lines: TextIO, out: TextIO) -> int:
     """Route each JSON line of `lines` to one JSON line of `out`; returns the number of errors."""
     errors = 0
@@ -179,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--account", help="account or widget key the message came through")
     explain.add_argument("--sender")
     explain.set_defaults(func=cmd_rules_explain)
+
+    channels = sub.add_parser("channels", help="set up channels with their providers")
+    channel = channels.add_subparsers(dest="channel", required=True, metavar="CHANNEL")
+    telegram = channel.add_parser("telegram", help="Telegram bots").add_subparsers(
+        dest="telegram_command", required=True, metavar="COMMAND")
+    set_webhook = with_config(telegram.add_parser(
+        "set-webhook", help="register the webhook URL and secret of every configured bot"))
+    set_webhook.add_argument("--url", help="public base URL (default: public_url setting)")
+    set_webhook.set_defaults(func=cmd_telegram_set_webhook)
 
     route = sub.add_parser("route", help="route JSON lines ({text, channel?}) to JSON lines")
     route.add_argument("--rules", type=Path, required=True, help="rules file")

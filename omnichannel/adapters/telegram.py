@@ -149,3 +149,14 @@ class TelegramAdapter(Adapter):
         """Close every bot's HTTP client."""
         for request in self._requests.values():
             await request.shutdown()
+
+    async def set_webhooks(self, url: str) -> list[str]:
+        """Point every bot's webhook at `url` with its secret; returns the accounts done."""
+        done = []
+        for account, bot in self._clients.items():
+            secret = self._bots[account].webhook_secret.get_secret_value()
+            await bot.set_webhook(url=url, secret_token=secret,
+                                  allowed_updates=["message", "edited_message"])
+            done.append(account)
+        return done
+

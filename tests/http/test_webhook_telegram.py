@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from typing import Any
 from urllib.parse import unquote_plus
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.adapters.kits import BOT_SECRET, BOT_TOKEN, TELEGRAM
-from tests.http.conftest import AGENT_AUTH, MakeClient
+from tests.conftest import BROKER_URL, REPO
+from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
 from tests.http.test_agent_api import wait_for_delivery
 
 BOTS = [{"account": "lapor_ambon_bot", "token": BOT_TOKEN, "webhook_secret": BOT_SECRET}]
@@ -63,7 +69,10 @@ async def test_malformed_update_is_a_400(make_client: MakeClient) -> None:
     assert resp.status == 400
 
 
-async def test_agent_reply_reaches_the_bot_api_as_send_message(make_client: MakeClient) -> None:
+@pytest.mark.parametrize("mode", ["embedded", "broker"])
+async def test_agent_reply_reaches_the_bot_api_as_send_message(
+    make_client: MakeClient, mode: str, request: pytest.FixtureRequest
+) -> None:
     received: list[str] = []
 
     async def send_message(request: web.Request) -> web.Response:
@@ -75,10 +84,22 @@ async def test_agent_reply_reaches_the_bot_api_as_send_message(make_client: Make
     bot_api = TestServer(app, host="127.0.0.1")
     await bot_api.start_server()
     try:
-        client = await make_client(telegram_bots=BOTS,
-                                   telegram_api_url=str(bot_api.make_url("")).rstrip("/"))
-        request, _ = TELEGRAM.fixtures[0]
-        await client.post("/webhooks/telegram", data=request.body, headers=dict(request.headers))
+        api_url = str(bot_api.make_url("")).rstrip("/")
+        if mode == "broker":
+            prefix = request.getfixturevalue("broker_prefix")
+            request.addfinalizer(lambda: asyncio.run(delete_topology(prefix)))
+            client = await make_client("postgresql", telegram_bots=BOTS,
+                                       telegram_api_url=api_url, broker_url=BROKER_URL,
+                                       broker_prefix=prefix)
+        else:
+            client = await make_client(telegram_bots=BOTS, telegram_api_url=api_url)
+        update, _ = TELEGRAM.fixtures[0]
+        resp = await client.post("/webhooks/telegram", data=update.body,
+                                 headers=dict(update.headers))
+        stored = (await resp.json())["stored"]
+        if mode == "broker":
+            # The update lands on its OPD's queue in RabbitMQ.
+            await assert_all_published(prefix, set(stored), queue="dlhp")
         [conv] = await conversations(client)
         resp = await client.post(f"/api/v1/conversations/{conv['id']}/messages",
                                  json={"text": "Laporan diterima, petugas DLHP menuju lokasi."},
@@ -89,5 +110,34 @@ async def test_agent_reply_reaches_the_bot_api_as_send_message(make_client: Make
         detail = await (await client.get(f"/api/v1/conversations/{conv['id']}",
                                          headers=AGENT_AUTH)).json()
         assert detail["messages"][-1]["external_id"] == "4242:77"  # chat and message id
+    finally:
+        await bot_api.close()
+
+
+async def test_set_webhook_registers_every_bot_with_its_secret() -> None:
+    calls: list[dict[str, str]] = []
+
+    async def set_webhook(request: web.Request) -> web.Response:
+        calls.append(dict(await request.post()))  # type: ignore[arg-type]
+        return web.json_response({"ok": True, "result": True})
+
+    app = web.Application()
+    app.router.add_post(f"/bot{BOT_TOKEN}/setWebhook", set_webhook)
+    bot_api = TestServer(app, host="127.0.0.1")
+    await bot_api.start_server()
+    try:
+        env = {**os.environ, "OMNICHANNEL_TELEGRAM_BOTS": json.dumps(BOTS),
+               "OMNICHANNEL_TELEGRAM_API_URL": str(bot_api.make_url("")).rstrip("/"),
+               "OMNICHANNEL_PUBLIC_URL": "https://lapor.ambon.example"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "omnichannel.cli", "channels", "telegram", "set-webhook",
+            env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert "lapor_ambon_bot: webhook set to" in out.decode()
+        [call] = calls
+        assert call["url"] == "https://lapor.ambon.example/webhooks/telegram"
+        assert call["secret_token"] == BOT_SECRET
+        assert BOT_SECRET not in out.decode() + err.decode()  # secrets stay out of output
     finally:
         await bot_api.close()
