@@ -173,7 +173,7 @@ class ApiAdapter(Adapter):
         except ValidationError as exc:
             raise PayloadError("invalid message", detail=describe_errors(exc)) from exc
 
-    def acknowledge(self, stored: Sequence[Stored]) -> web.Response:
+    def acknowledge(self, request: WebhookRequest, stored: Sequence[Stored]) -> web.Response:
         """201 with the tracking number; 200 when the external id was stored before."""
         [one] = stored
         return json_response(

@@ -80,8 +80,8 @@ class Adapter(abc.ABC):
     def parse(self, request: WebhookRequest) -> list[InboundMessage]:
         """The messages a verified request carries; raise `PayloadError` if it is malformed."""
 
-    def acknowledge(self, stored: Sequence[Stored]) -> web.Response:
-        """The answer the provider expects once every message is stored durably."""
+    def acknowledge(self, request: WebhookRequest, stored: Sequence[Stored]) -> web.Response:
+        """The answer the provider expects once every message of `request` is stored."""
         return json_response({"stored": [s.message_id for s in stored]})
 
     @abc.abstractmethod

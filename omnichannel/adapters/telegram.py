@@ -8,9 +8,11 @@ bot (account) it was sent to, so every bot needs its own.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from aiohttp import web
 from telegram import Bot, Update
 from telegram import Message as TgMessage
 from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
@@ -25,11 +27,20 @@ from omnichannel.adapters.base import (
     WebhookRequest,
 )
 from omnichannel.delivery import DeliveryError, Outgoing
+from omnichannel.http import json_response
 from omnichannel.model import Attachment, InboundMessage, Location, Sender
 from omnichannel.phones import normalise_phone
 from omnichannel.settings import TelegramBot
+from omnichannel.store.ingest import Stored
 
 CHANNEL = "telegram"
+
+#: The answer to `/start`: what the service is and how to report.
+START_TEXT = (
+    "Selamat datang di layanan pengaduan Kota Ambon. Tulis laporan Anda di sini: apa "
+    "masalahnya, di mana (nama jalan, kelurahan), dan sejak kapan. Foto dan lokasi sangat "
+    "membantu. Setiap laporan mendapat nomor pelacakan dan diteruskan ke dinas yang berwenang."
+)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 
 
@@ -41,8 +52,9 @@ class TelegramAdapter(Adapter):
 
     def __init__(
         self, bots: list[TelegramBot], *, api_url: str = "https://api.telegram.org",
-        timeout_s: float = 10.0, phone_region: str = "ID",
+        timeout_s: float = 10.0, phone_region: str = "ID", start_text: str = START_TEXT,
     ) -> None:
+        self._start_text = start_text
         secrets = [b.webhook_secret.get_secret_value() for b in bots]
         if len(set(secrets)) != len(secrets):
             raise ValueError("every Telegram bot needs its own webhook_secret")
@@ -89,9 +101,19 @@ class TelegramAdapter(Adapter):
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise PayloadError(f"not a Telegram update: {exc}", status=400) from exc
         message = update.message
-        if message is None or message.from_user is None:
+        if message is None or message.from_user is None or _is_start(message):
             return []
         return [self._normalise(account, message, data)]
+
+    def acknowledge(self, request: WebhookRequest, stored: Sequence[Stored]) -> web.Response:
+        """200; to `/start`, the greeting, sent as a method call in the webhook's answer."""
+        account = self._account(request)
+        assert account is not None, "acknowledge() runs only after verify()"
+        message = Update.de_json(orjson.loads(request.body), self._clients[account]).message
+        if message is not None and _is_start(message):
+            return json_response({"method": "sendMessage", "chat_id": message.chat.id,
+                                  "text": self._start_text})
+        return super().acknowledge(request, stored)
 
     def _normalise(self, account: str, message: TgMessage, raw: dict[str, Any]) -> InboundMessage:
         user = message.from_user
@@ -159,4 +181,10 @@ class TelegramAdapter(Adapter):
                                   allowed_updates=["message", "edited_message"])
             done.append(account)
         return done
+
+
+def _is_start(message: TgMessage) -> bool:
+    """Whether the citizen only opened the chat (`/start`, maybe with a deep-link payload)."""
+    words = (message.text or "").split()
+    return bool(words) and words[0].split("@")[0] == "/start"
 

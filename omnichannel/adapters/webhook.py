@@ -66,4 +66,4 @@ async def handle_webhook(
         fail(503, "the engine is shutting down; retry later")
     except RuntimeError:
         fail(500, "the message could not be stored; retry later")
-    return adapter.acknowledge(stored)
+    return adapter.acknowledge(incoming, stored)

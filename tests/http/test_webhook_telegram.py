@@ -6,12 +6,14 @@ import asyncio
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from telegram import Chat, Message, Update, User
 
 from tests.adapters.kits import BOT_SECRET, BOT_TOKEN, TELEGRAM
 from tests.conftest import BROKER_URL, REPO
@@ -141,3 +143,20 @@ async def test_set_webhook_registers_every_bot_with_its_secret() -> None:
         assert BOT_SECRET not in out.decode() + err.decode()  # secrets stay out of output
     finally:
         await bot_api.close()
+
+
+async def test_start_is_answered_with_how_to_report_and_stores_nothing(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(telegram_bots=BOTS)
+    start = Update(update_id=9, message=Message(
+        message_id=1, date=datetime(2026, 11, 28, tzinfo=UTC), chat=Chat(id=4242, type="private"),
+        from_user=User(id=4242, first_name="Rina", is_bot=False), text="/start"))
+    request, _ = TELEGRAM.fixtures[0]
+    resp = await client.post("/webhooks/telegram", data=start.to_json(),
+                             headers=dict(request.headers))
+    assert resp.status == 200
+    answer = await resp.json()
+    assert answer["method"] == "sendMessage" and answer["chat_id"] == 4242
+    assert "laporan" in answer["text"].lower()
+    assert await conversations(client) == []
