@@ -113,6 +113,9 @@ class InboundMessage:
     attachments: tuple[Attachment, ...] = ()
     location: Location | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: Set when the citizen edited a message already sent: this is its new version, with the
+    #: same external id, and replaces the stored text (the earlier versions are kept).
+    edited_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,8 @@ class TelegramAdapter(Adapter):
             update = Update.de_json(data, self._clients[account])
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise PayloadError(f"not a Telegram update: {exc}", status=400) from exc
+        if update.edited_message is not None and update.edited_message.from_user is not None:
+            return [self._normalise(account, update.edited_message, data)]
         message = update.message
         if message is None or message.from_user is None or _is_start(message):
             return []
@@ -146,6 +148,8 @@ class TelegramAdapter(Adapter):
             sender=Sender(id=str(message.chat.id), name=user.full_name, phone=phone),
             text=message.text or message.caption or "",
             sent_at=message.date, attachments=tuple(attachments), location=location, raw=raw,
+            # An edited message keeps its id: the store records the new version as an edit.
+            edited_at=message.edit_date,
         )
 
     async def send(self, message: Outgoing) -> str | None:

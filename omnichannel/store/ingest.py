@@ -77,8 +77,15 @@ class Ingestor:
         now = utcnow()
         keys = [(m.channel, m.account, m.external_id) for m in batch]
         existing = await self._existing_messages(conn, set(keys))
+        edits = [m for k, m in zip(keys, batch, strict=True)
+                 if m.edited_at is not None and k in existing]
+        if edits:
+            await self._apply_edits(conn, edits, {k: existing[k][0] for k in keys
+                                                  if k in existing})
         fresh: dict[tuple[str, str, str], InboundMessage] = {}
         for key, msg in zip(keys, batch, strict=True):
+            # An edit of a message never stored (sent before the channel was set up) is
+            # stored as the message it now is.
             if key not in existing and key not in fresh:
                 fresh[key] = msg
 
@@ -99,6 +106,36 @@ class Ingestor:
                 seen.add(key)
                 out.append(results[key])
         return out
+
+    async def _apply_edits(
+        self, conn: AsyncConnection, edits: list[InboundMessage],
+        ids: dict[tuple[str, str, str], int],
+    ) -> None:
+        """Replace edited messages' text, keeping earlier versions; older edits change nothing."""
+        m = _message.c
+        by_id = {ids[(e.channel, e.account, e.external_id)]: e for e in
+                 sorted(edits, key=lambda e: e.edited_at or utcnow())}
+        rows = await conn.execute(
+            sa.select(m.id, m.text, m.edited_at, m.sent_at, m.edits).where(m.id.in_(by_id))
+        )
+        updates = []
+        for row in rows:
+            edit = by_id[row.id]
+            assert edit.edited_at is not None
+            if row.edited_at is not None and as_utc(row.edited_at) >= edit.edited_at:
+                continue  # a repeated or out-of-date edit
+            since = as_utc(row.edited_at or row.sent_at).isoformat()
+            history = [*(row.edits or []), {"text": row.text, "since": since}]
+            updates.append({"mid": row.id, "text": _clean(edit.text),
+                            "edited_at": edit.edited_at, "edits": history})
+        if updates:
+            await conn.execute(
+                sa.update(_message).where(m.id == sa.bindparam("mid")).values(
+                    text=sa.bindparam("text"), edited_at=sa.bindparam("edited_at"),
+                    edits=sa.bindparam("edits"),
+                ),
+                updates,
+            )
 
     async def _existing_messages(
         self, conn: AsyncConnection, keys: set[tuple[str, str, str]]
@@ -258,7 +295,7 @@ class Ingestor:
                 "attachments": [a.to_json() for a in m.attachments],
                 "location": m.location.to_json() if m.location else None,
                 "raw": m.raw or None, "sent_at": m.sent_at or now, "received_at": now,
-                "queue": queue, "rule": rule,
+                "queue": queue, "rule": rule, "edited_at": m.edited_at,
             })
 
         inserted = await conn.execute(

@@ -130,6 +130,9 @@ class Message(SQLModel, table=True):
     delivery_status: str | None = Field(default=None, max_length=16)
     delivery_error: str | None = Field(default=None)
     delivery_attempts: int = Field(default=0)
+    #: When the citizen last edited it; `edits` keeps the earlier versions, oldest first.
+    edited_at: datetime | None = _ts(default=None)
+    edits: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
 
 
 def _table(model: type[SQLModel]) -> sa.Table:

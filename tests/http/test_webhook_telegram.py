@@ -160,3 +160,24 @@ async def test_start_is_answered_with_how_to_report_and_stores_nothing(
     assert answer["method"] == "sendMessage" and answer["chat_id"] == 4242
     assert "laporan" in answer["text"].lower()
     assert await conversations(client) == []
+
+
+async def test_edited_message_is_recorded_as_an_edit(make_client: MakeClient) -> None:
+    client = await make_client(telegram_bots=BOTS)
+    request, _ = TELEGRAM.fixtures[0]
+    await client.post("/webhooks/telegram", data=request.body, headers=dict(request.headers))
+    when = datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)
+    edited = Update(update_id=20, edited_message=Message(
+        message_id=10, date=when, edit_date=datetime(2026, 11, 28, 1, 5, tzinfo=UTC),
+        chat=Chat(id=4242, type="private"),
+        from_user=User(id=4242, first_name="Rina", is_bot=False),
+        text="Sampah di Batu Merah seng diangkut, su satu minggu"))
+    resp = await client.post("/webhooks/telegram", data=edited.to_json(),
+                             headers=dict(request.headers))
+    assert resp.status == 200
+    [conv] = await conversations(client)
+    detail = await (await client.get(f"/api/v1/conversations/{conv['id']}",
+                                     headers=AGENT_AUTH)).json()
+    [message] = detail["messages"]
+    assert message["text"].endswith("su satu minggu")
+    assert message["edits"][0]["text"] == "Sampah di Batu Merah seng diangkut"

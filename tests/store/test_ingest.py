@@ -219,3 +219,25 @@ async def test_new_phone_on_two_channels_in_one_batch_makes_one_contact(db: Data
     a, b = await ingest(db, on("whatsapp", "x1"), on("sms", "x2"))
     assert a.event and b.event and a.event.contact_id == b.event.contact_id
     assert await count(db, "contact") == 1
+
+
+async def test_an_edit_replaces_the_text_and_keeps_the_earlier_version(db: Database) -> None:
+    [original] = await ingest(db, msg("e1", text="sampah di pasar"))
+    t1, t0 = T0 + timedelta(minutes=5), T0 + timedelta(minutes=2)
+    [edit] = await ingest(db, msg("e1", text="sampah di pasar Mardika", edited_at=t1))
+    [again] = await ingest(db, msg("e1", text="sampah di pasar Mardika", edited_at=t1))
+    [stale] = await ingest(db, msg("e1", text="sampah", edited_at=t0))  # arrives late
+    assert original.message_id == edit.message_id == again.message_id == stale.message_id
+    assert await count(db, "message") == 1
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, original.conversation_id)
+    assert conv is not None
+    [m] = conv["messages"]
+    assert m["text"] == "sampah di pasar Mardika"
+    assert datetime.fromisoformat(m["edited_at"]) == t1
+    assert [e["text"] for e in m["edits"]] == ["sampah di pasar"]
+
+
+async def test_an_edit_of_a_message_never_seen_is_stored_as_that_message(db: Database) -> None:
+    [s] = await ingest(db, msg("unseen", text="jalan rusak", edited_at=T0))
+    assert not s.duplicate and s.event is not None and s.event.text == "jalan rusak"
