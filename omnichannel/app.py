@@ -45,12 +45,6 @@ class Engine:
         )
         self.bus: Bus = make_bus(settings.broker_url, prefix=settings.broker_prefix)
         self.publisher = Publisher(self.db, self.bus)
-        # SQLite has one writer at a time: more writer tasks would only queue for its lock.
-        writers = 1 if settings.is_sqlite else settings.ingest_writers
-        self.pipeline = IngestPipeline(
-            self.db, Ingestor(self._route, settings.tracking_prefix), self.publisher,
-            batch_size=settings.ingest_batch_size, workers=writers,
-        )
         self.live: set[asyncio.Queue[RoutedEvent | None]] = set()
         self._subscriptions: dict[str, Subscription] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -61,6 +55,22 @@ class Engine:
             self.db, self._senders, attempts=settings.delivery_attempts,
             timeout_s=settings.delivery_timeout_s,
         )
+        # SQLite has one writer at a time: more writer tasks would only queue for its lock.
+        writers = 1 if settings.is_sqlite else settings.ingest_writers
+        ingestor = Ingestor(self._route, settings.tracking_prefix, self._acknowledgement)
+        self.pipeline = IngestPipeline(
+            self.db, ingestor, self.publisher, batch_size=settings.ingest_batch_size,
+            workers=writers,
+            on_outbound=self.deliverer.submit,
+        )
+
+    def _acknowledgement(self, message: InboundMessage, tracking: str, queue: str) -> str | None:
+        """The reply to a conversation's first message: its tracking number and OPD."""
+        adapter = self.adapters.get(message.channel)
+        if not self.settings.auto_ack or (adapter and adapter.capabilities.acknowledges_inline):
+            return None
+        template = self.settings.auto_ack_texts[self.settings.language]
+        return template.format(tracking_number=tracking, opd=self.rules.opds.get(queue, queue))
 
     def _route(self, message: InboundMessage) -> RouteDecision:
         return self.rules.route(

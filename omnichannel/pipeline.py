@@ -36,9 +36,11 @@ class IngestPipeline:
 
     def __init__(
         self, db: Database, ingestor: Ingestor, publisher: Publisher, *, batch_size: int,
-        workers: int,
+        workers: int, on_outbound: Callable[[int], None] | None = None,
     ) -> None:
         self._db = db
+        #: Hands replies queued in an ingest transaction (acknowledgements) to delivery.
+        self._on_outbound = on_outbound
         self._ingestor = ingestor
         self._publisher = publisher
         self._batch_size = batch_size
@@ -115,6 +117,8 @@ class IngestPipeline:
                 metrics.MESSAGES_INGESTED.labels(message.channel).inc()
             if result.event is not None:
                 events.append(result.event)
+            if result.acknowledgement_id is not None and self._on_outbound is not None:
+                self._on_outbound(result.acknowledgement_id)
             metrics.INGEST_SECONDS.observe(now - started)
             if not future.done():
                 future.set_result(result)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from ruamel.yaml import YAML
@@ -22,6 +22,14 @@ EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "example", "xxx"
 
 class ConfigError(Exception):
     """The configuration file or environment is invalid."""
+
+
+DEFAULT_ACK_TEXTS = {
+    "id": "Terima kasih, laporan Anda sudah kami terima dengan nomor {tracking_number} dan "
+          "diteruskan ke {opd}. Simpan nomor ini untuk menanyakan perkembangannya.",
+    "en": "Thank you, we have received your report as {tracking_number} and passed it to "
+          "{opd}. Keep this number to ask how it is going.",
+}
 
 
 class TelegramBot(BaseModel):
@@ -74,6 +82,12 @@ class Settings(BaseSettings):
     telegram_bots: list[TelegramBot] = Field(default_factory=list)
     #: The Bot API's base URL (a local Bot API server, or a fake in tests).
     telegram_api_url: str = "https://api.telegram.org"
+    #: Reply to a conversation's first message with its tracking number and OPD.
+    auto_ack: bool = True
+    #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).
+    language: str = "id"
+    #: Acknowledgement per language; `{tracking_number}` and `{opd}` are filled in.
+    auto_ack_texts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ACK_TEXTS))
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Largest number of inbound messages written in one database transaction.
     ingest_batch_size: int = Field(default=256, gt=0)
@@ -103,6 +117,18 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _acknowledgement_texts_render(self) -> Settings:
+        if self.language not in self.auto_ack_texts:
+            raise ValueError(f"auto_ack_texts has no text for language {self.language!r}")
+        for language, text in self.auto_ack_texts.items():
+            try:
+                text.format(tracking_number="AMB-2026-000001", opd="OPD")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"auto_ack_texts.{language}: only {{tracking_number}} and "
+                                 f"{{opd}} can be filled in ({exc!r})") from exc
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -41,6 +41,8 @@ def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         ("no_such_setting: 1\n", "no_such_setting"),
         ("tracking_prefix: amb-lower\n", "tracking_prefix"),
         ("api_token: change-me\n", "example value"),
+        ("auto_ack_texts: {id: 'nomor {nomor}'}\n", "auto_ack_texts.id"),
+        ("language: fr\n", "no text for language 'fr'"),
     ],
 )
 def test_invalid_configuration_is_refused(tmp_path: Path, text: str, says: str) -> None:

@@ -138,7 +138,7 @@ class ApiAdapter(Adapter):
     """Bearer-token JSON in; agents' replies out as JSON POSTs to a callback URL."""
 
     name = CHANNEL
-    capabilities = Capabilities(max_text_length=20000, media=True)
+    capabilities = Capabilities(max_text_length=20000, media=True, acknowledges_inline=True)
 
     def __init__(
         self, *, token: SecretStr | None, callback_url: str | None,

@@ -27,6 +27,9 @@ class Capabilities:
 
     max_text_length: int
     media: bool
+    #: The webhook's own answer already tells the sender the tracking number, so no
+    #: automatic acknowledgement is sent through the channel.
+    acknowledges_inline: bool = False
 
 
 @dataclass(frozen=True, slots=True)

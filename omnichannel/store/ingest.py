@@ -22,6 +22,8 @@ from omnichannel.store.tables import (
 )
 
 Router = Callable[[InboundMessage], RouteDecision]
+#: The reply that tells a citizen their new conversation's tracking number and OPD, or None.
+Acknowledger = Callable[[InboundMessage, str, str], str | None]
 
 _contact = CONTACT
 _identity = CONTACT_IDENTITY
@@ -41,6 +43,8 @@ class Stored:
     tracking_number: str
     duplicate: bool
     event: RoutedEvent | None
+    #: The automatic reply queued for the citizen when this message opened a conversation.
+    acknowledgement_id: int | None = None
 
 
 def tracking_number(prefix: str, conversation_id: int, created_at: datetime) -> str:
@@ -66,9 +70,12 @@ def _clean(text: str) -> str:
 class Ingestor:
     """Writes batches of inbound messages; the caller owns the connection and transaction."""
 
-    def __init__(self, router: Router, tracking_prefix: str) -> None:
+    def __init__(
+        self, router: Router, tracking_prefix: str, acknowledge: Acknowledger | None = None
+    ) -> None:
         self._route = router
         self._prefix = tracking_prefix
+        self._acknowledge = acknowledge
 
     async def ingest(
         self, conn: AsyncConnection, batch: Sequence[InboundMessage]
@@ -106,6 +113,39 @@ class Ingestor:
                 seen.add(key)
                 out.append(results[key])
         return out
+
+    async def _queue_acknowledgements(
+        self, conn: AsyncConnection, ordered: list[InboundMessage],
+        contacts: dict[tuple[str, str], int], conversations: dict[Any, dict[str, Any]],
+        ids: dict[tuple[str, str, str], int], now: datetime,
+    ) -> dict[int, int]:
+        """Queue, in this transaction, the reply to each conversation this batch opened.
+
+        Returns message id -> reply id for the message that opened its conversation.
+        """
+        if self._acknowledge is None:
+            return {}
+        rows, opened_by = [], []
+        for m in ordered:
+            conv = conversations[(contacts[(m.channel, m.sender.id)], m.channel, m.account)]
+            key = (m.channel, m.account, m.external_id)
+            if not conv.pop("new", False) or key not in ids:
+                continue  # not a new conversation, or already acknowledged in this batch
+            text = self._acknowledge(m, conv["tracking_number"], conv["queue"])
+            if text is None:
+                continue
+            opened_by.append(ids[key])
+            rows.append({
+                "conversation_id": conv["id"], "direction": "outbound", "channel": m.channel,
+                "account": m.account, "author": "omnichannel", "text": text,
+                "attachments": [], "sent_at": now, "received_at": now,
+                "delivery_status": "queued",
+            })
+        if not rows:
+            return {}
+        inserted = await conn.execute(
+            sa.insert(_message).returning(_message.c.id, sort_by_parameter_order=True), rows)
+        return dict(zip(opened_by, (r[0] for r in inserted), strict=True))
 
     async def _apply_edits(
         self, conn: AsyncConnection, edits: list[InboundMessage],
@@ -258,7 +298,7 @@ class Ingestor:
         for r in rows:
             # Written by the one UPDATE of every touched conversation in `_store_fresh`.
             found[(r.contact_id, r.channel, r.account)] = {
-                "id": r.id, "queue": None, "rule": None, "created_at": now,
+                "id": r.id, "queue": None, "rule": None, "created_at": now, "new": True,
                 "tracking_number": tracking_number(self._prefix, r.id, now),
             }
         lost = {k for k in missing if k not in found}
@@ -331,6 +371,9 @@ class Ingestor:
             list(touched.values()),
         )
 
+        acknowledgements = await self._queue_acknowledgements(
+            conn, ordered, contacts, conversations, ids, now)
+
         results: dict[tuple[str, str, str], Stored] = {}
         lost: list[tuple[str, str, str]] = []
         for m, row in zip(ordered, rows, strict=True):
@@ -348,7 +391,8 @@ class Ingestor:
                 sent_at=row["sent_at"], received_at=now, attachments=m.attachments,
                 location=m.location,
             )
-            results[key] = Stored(ids[key], conv["id"], conv["tracking_number"], False, event)
+            results[key] = Stored(ids[key], conv["id"], conv["tracking_number"], False, event,
+                                  acknowledgements.get(ids[key]))
         if lost:
             # A concurrent worker stored these first: report them as the duplicates they are.
             for key, (mid, cid, number) in (

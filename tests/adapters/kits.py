@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -103,13 +104,15 @@ def _telegram_forgeries(request: WebhookRequest) -> list[WebhookRequest]:
 def _telegram_reply(status: int) -> dict[str, Any]:
     """Bot API answers: the sent Message on success, else ok=false with an error code."""
     if status < 300:
-        sent = Message(message_id=77, date=_WHEN, chat=Chat(id=4242, type=Chat.PRIVATE),
-                       text="ok")
+        # Like Telegram, a new id for every message sent into the chat.
+        sent = Message(message_id=next(_SENT_IDS), date=_WHEN,
+                       chat=Chat(id=4242, type=Chat.PRIVATE), text="ok")
         return {"ok": True, "result": sent.to_dict()}
     return {"ok": False, "error_code": status, "description": f"error {status}"}
 
 
 _WHEN = datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)
+_SENT_IDS = itertools.count(77)
 _CITIZEN = User(id=4242, first_name="Rina", last_name="Latuconsina", is_bot=False)
 _CHAT = Chat(id=4242, type=Chat.PRIVATE)
 

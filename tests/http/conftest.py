@@ -36,6 +36,8 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         "rules_path": REPO / "config" / "routing.yaml",
         "broker_url": None,
         "log_format": "console",
+        # Tests about acknowledgements turn it on; elsewhere it would only add a reply.
+        "auto_ack": False,
         **overrides,
     }
     return Settings(**values)

@@ -92,9 +92,10 @@ async def test_agent_reply_reaches_the_bot_api_as_send_message(
             request.addfinalizer(lambda: asyncio.run(delete_topology(prefix)))
             client = await make_client("postgresql", telegram_bots=BOTS,
                                        telegram_api_url=api_url, broker_url=BROKER_URL,
-                                       broker_prefix=prefix)
+                                       broker_prefix=prefix, auto_ack=True)
         else:
-            client = await make_client(telegram_bots=BOTS, telegram_api_url=api_url)
+            client = await make_client(telegram_bots=BOTS, telegram_api_url=api_url,
+                                       auto_ack=True)
         update, _ = TELEGRAM.fixtures[0]
         resp = await client.post("/webhooks/telegram", data=update.body,
                                  headers=dict(update.headers))
@@ -108,10 +109,17 @@ async def test_agent_reply_reaches_the_bot_api_as_send_message(
                                  headers=AGENT_AUTH)
         assert resp.status == 202
         await wait_for_delivery(client, conv["id"], "sent")
-        assert received == ["chat_id=4242&text=Laporan diterima, petugas DLHP menuju lokasi."]
+        acknowledgement, reply = received
+        # The first message was acknowledged with its tracking number and OPD...
+        assert conv["tracking_number"] in acknowledgement
+        assert "Dinas Lingkungan Hidup" in acknowledgement
+        # ...and the agent's reply followed, through the same bot to the same chat.
+        assert reply == "chat_id=4242&text=Laporan diterima, petugas DLHP menuju lokasi."
         detail = await (await client.get(f"/api/v1/conversations/{conv['id']}",
                                          headers=AGENT_AUTH)).json()
-        assert detail["messages"][-1]["external_id"] == "4242:77"  # chat and message id
+        external_ids = [m["external_id"] for m in detail["messages"]]
+        assert all(i.startswith("4242:") for i in external_ids)  # chat and message id
+        assert len(set(external_ids)) == 3  # the citizen's, the acknowledgement, the reply
     finally:
         await bot_api.close()
 

@@ -241,3 +241,29 @@ async def test_an_edit_replaces_the_text_and_keeps_the_earlier_version(db: Datab
 async def test_an_edit_of_a_message_never_seen_is_stored_as_that_message(db: Database) -> None:
     [s] = await ingest(db, msg("unseen", text="jalan rusak", edited_at=T0))
     assert not s.duplicate and s.event is not None and s.event.text == "jalan rusak"
+
+
+async def test_a_new_conversation_gets_one_queued_acknowledgement(db: Database) -> None:
+    def acknowledge(message: InboundMessage, tracking: str, queue: str) -> str | None:
+        return None if message.channel == "api-inline" else f"{tracking} -> {queue}"
+
+    async def run(*messages: InboundMessage) -> list[Stored]:
+        async with db.ingest.begin() as conn:
+            return await Ingestor(keyword_router, "AMB", acknowledge).ingest(conn, messages)
+
+    first, second = await run(msg("a1"), msg("a2", sent_at=T0 + timedelta(seconds=1)))
+    [later] = await run(msg("a3", sent_at=T0 + timedelta(seconds=2)))
+    assert first.acknowledgement_id is not None
+    assert second.acknowledgement_id is None and later.acknowledgement_id is None
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, first.conversation_id)
+        queued = await queries.queued_outbound(conn)
+    assert conv is not None
+    [ack] = [m for m in conv["messages"] if m["direction"] == "outbound"]
+    assert ack["id"] == first.acknowledgement_id
+    assert ack["text"] == f"{first.tracking_number} -> dlhp"
+    assert ack["delivery_status"] == "queued" and ack["author"] == "omnichannel"
+    assert [q["id"] for q in queued] == [ack["id"]]  # resumed by delivery after a restart
+    [inline] = await run(InboundMessage(channel="api-inline", account="x", external_id="i1",
+                                        sender=Sender(id="z"), text="jalan rusak"))
+    assert inline.acknowledgement_id is None
