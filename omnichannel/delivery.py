@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
+import sqlalchemy as sa
 import structlog
 
 from omnichannel import metrics
@@ -95,9 +96,18 @@ class Deliverer:
 
     async def _record(self, message_id: int, status: DeliveryStatus, attempts: int,
                       error: str | None = None, external_id: str | None = None) -> None:
-        async with self._db.write(self._db.api) as conn:
-            await queries.record_delivery(conn, message_id, status=status, attempts=attempts,
-                                          error=error, external_id=external_id)
+        try:
+            async with self._db.write(self._db.api) as conn:
+                await queries.record_delivery(conn, message_id, status=status,
+                                              attempts=attempts, error=error,
+                                              external_id=external_id)
+        except sa.exc.IntegrityError:
+            # The provider gave an id another message already has: the send happened all the
+            # same, and a reply left `queued` would be sent twice after a restart.
+            log.warning("provider_id_conflict", message_id=message_id, external_id=external_id)
+            async with self._db.write(self._db.api) as conn:
+                await queries.record_delivery(conn, message_id, status=status,
+                                              attempts=attempts, error=error)
 
     async def _deliver(self, message_id: int) -> None:
         outgoing = await self._outgoing(message_id)

@@ -9,6 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from omnichannel.appkeys import ENGINE
+from omnichannel.delivery import Outgoing
 from tests.http.conftest import AGENT_AUTH, API_AUTH, CallbackRecorder, MakeClient
 from tests.http.test_webhook_api import GOOD
 
@@ -181,3 +182,23 @@ async def test_ids_beyond_the_database_range_are_a_client_error(
         resp = await client.get(path, headers=AGENT_AUTH)
         assert resp.status == 400, path
         assert "between" in (await resp.json())["error"] or "limit" in (await resp.json())["error"]
+
+
+async def test_a_reply_whose_provider_id_is_taken_is_still_recorded_as_sent(
+    client: TestClient[Any, Any],
+) -> None:
+    class SameIdSender:
+        """A provider that answers every send with the same id."""
+
+        async def send(self, message: Outgoing) -> str | None:
+            return "provider-id-1"
+
+    engine = client.server.app[ENGINE]
+    engine.deliverer._senders["api"] = SameIdSender()
+    conv_id = (await post(client))["conversation_id"]
+    for text in ("first", "second"):
+        await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": text},
+                          headers=AGENT_AUTH)
+        await wait_for_delivery(client, conv_id, "sent")
+    statuses = [m["delivery_status"] for m in (await conversation(client, conv_id))["messages"]]
+    assert statuses == [None, "sent", "sent"]
