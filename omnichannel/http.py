@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import orjson
@@ -36,16 +37,23 @@ def fail(status: int, message: str, **extra: Any) -> NoReturn:
     raise _ERRORS[status](text=text, content_type="application/json")
 
 
+def bearer_problem(headers: Mapping[str, str], token: SecretStr) -> str | None:
+    """Why `headers` do not carry `token` as a bearer token (constant-time check), or None."""
+    scheme, _, given = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return "missing bearer token in the Authorization header"
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        return "invalid bearer token"
+    return None
+
+
 def require_bearer(request: web.Request, token: SecretStr | None, what: str) -> None:
-    """Refuse the request unless it carries `token` as a bearer token (constant-time check)."""
+    """Refuse the request unless it carries `token` as a bearer token."""
     if token is None:
         fail(503, f"{what} is disabled: no token is configured")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        fail(401, "missing bearer token in the Authorization header")
-    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        fail(401, "invalid bearer token")
+    problem = bearer_problem(request.headers, token)
+    if problem is not None:
+        fail(401, problem)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -60,11 +68,19 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def parse_json(body: bytes) -> Any:
-    """Decode a JSON body, refused with 400 and the parser's reason when malformed."""
+def decode_json(body: bytes) -> Any:
+    """Decode a JSON body; `ValueError` saying why when it is empty or malformed."""
     if not body:
-        fail(400, "empty body: a JSON object is required")
+        raise ValueError("empty body: a JSON object is required")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        fail(400, f"malformed JSON: {exc}")
+        raise ValueError(f"malformed JSON: {exc}") from exc
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body, refused with 400 and the parser's reason when malformed."""
+    try:
+        return decode_json(body)
+    except ValueError as exc:
+        fail(400, str(exc))

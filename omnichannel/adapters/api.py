@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 from pydantic import (
     BaseModel,
@@ -30,7 +28,7 @@ from omnichannel.adapters.base import (
     WebhookRequest,
 )
 from omnichannel.delivery import DeliveryError, Outgoing
-from omnichannel.http import json_response
+from omnichannel.http import bearer_problem, decode_json, json_response
 from omnichannel.model import Attachment, InboundMessage, Location, Sender
 from omnichannel.phones import normalise_phone
 from omnichannel.store.ingest import Stored
@@ -153,21 +151,16 @@ class ApiAdapter(Adapter):
         """The request must carry the configured bearer token (compared in constant time)."""
         if self._token is None:
             raise ChannelDisabled("the api channel is disabled: no token is configured")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise SignatureError("missing bearer token in the Authorization header", status=401)
-        if not hmac.compare_digest(given.strip().encode(),
-                                   self._token.get_secret_value().encode()):
-            raise SignatureError("invalid bearer token", status=401)
+        problem = bearer_problem(request.headers, self._token)
+        if problem is not None:
+            raise SignatureError(problem, status=401)
 
     def parse(self, request: WebhookRequest) -> list[InboundMessage]:
         """One message per request, validated field by field."""
-        if not request.body:
-            raise PayloadError("empty body: a JSON object is required", status=400)
         try:
-            payload = orjson.loads(request.body)
-        except orjson.JSONDecodeError as exc:
-            raise PayloadError(f"malformed JSON: {exc}", status=400) from exc
+            payload = decode_json(request.body)
+        except ValueError as exc:
+            raise PayloadError(str(exc), status=400) from exc
         try:
             return [parse(payload, self._phone_region)]
         except ValidationError as exc:
