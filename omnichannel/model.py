@@ -23,12 +23,8 @@ class ConversationStatus(enum.StrEnum):
     RESOLVED = "resolved"
     CLOSED = "closed"
 
-    @property
-    def is_active(self) -> bool:
-        """Whether new messages from the contact still join this conversation."""
-        return self in ACTIVE_STATUSES
 
-
+#: Statuses in which new messages from the contact still join the conversation.
 ACTIVE_STATUSES = frozenset(
     {ConversationStatus.NEW, ConversationStatus.OPEN, ConversationStatus.PENDING}
 )
