@@ -57,7 +57,8 @@ class Engine:
         )
         # SQLite has one writer at a time: more writer tasks would only queue for its lock.
         writers = 1 if settings.is_sqlite else settings.ingest_writers
-        ingestor = Ingestor(self._route, settings.tracking_prefix, self._acknowledgement)
+        ingestor = Ingestor(self._route, settings.tracking_prefix,
+                            self._acknowledgement if settings.auto_ack else None)
         self.pipeline = IngestPipeline(
             self.db, ingestor, self.publisher, batch_size=settings.ingest_batch_size,
             workers=writers,
@@ -67,7 +68,7 @@ class Engine:
     def _acknowledgement(self, message: InboundMessage, tracking: str, queue: str) -> str | None:
         """The reply to a conversation's first message: its tracking number and OPD."""
         adapter = self.adapters.get(message.channel)
-        if not self.settings.auto_ack or (adapter and adapter.capabilities.acknowledges_inline):
+        if adapter is not None and adapter.capabilities.acknowledges_inline:
             return None
         template = self.settings.auto_ack_texts[self.settings.language]
         return template.format(tracking_number=tracking, opd=self.rules.opds.get(queue, queue))
