@@ -11,8 +11,8 @@ import sqlalchemy as sa
 import structlog
 
 from omnichannel import metrics
-from omnichannel.model import DeliveryStatus
-from omnichannel.store import queries
+from omnichannel.model import DeliveryStatus, Template
+from omnichannel.store import outbound, queries
 from omnichannel.store.database import Database
 
 log = structlog.get_logger(__name__)
@@ -29,6 +29,13 @@ class Outgoing:
     account: str
     recipient: str
     text: str
+    #: Set when the reply is an approved template rather than free text.
+    template: Template | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and restarts, for providers that dedupe sends by key."""
+        return f"omnichannel-{self.message_id}"
 
 
 class DeliveryError(Exception):
@@ -62,9 +69,9 @@ class Deliverer:
     async def start(self) -> None:
         """Resume every reply that was queued but not delivered when the engine stopped."""
         async with self._db.api.connect() as conn:
-            pending = await queries.queued_outbound(conn)
-        for row in pending:
-            self.submit(row["id"])
+            pending = await outbound.unsent(conn)
+        for message_id in pending:
+            self.submit(message_id)
 
     def submit(self, message_id: int) -> None:
         """Deliver a stored outbound message in the background."""
@@ -82,7 +89,7 @@ class Deliverer:
 
     async def _outgoing(self, message_id: int) -> Outgoing | None:
         async with self._db.api.connect() as conn:
-            msg = await queries.outbound_message(conn, message_id)
+            msg = await outbound.outbound_message(conn, message_id)
             if msg is None:
                 return None
             target = await queries.conversation_channel(conn, msg["conversation_id"])
@@ -98,7 +105,7 @@ class Deliverer:
                       error: str | None = None, external_id: str | None = None) -> None:
         try:
             async with self._db.write(self._db.api) as conn:
-                await queries.record_delivery(conn, message_id, status=status,
+                await outbound.record_delivery(conn, message_id, status=status,
                                               attempts=attempts, error=error,
                                               external_id=external_id)
         except sa.exc.IntegrityError:
@@ -106,7 +113,7 @@ class Deliverer:
             # same, and a reply left `queued` would be sent twice after a restart.
             log.warning("provider_id_conflict", message_id=message_id, external_id=external_id)
             async with self._db.write(self._db.api) as conn:
-                await queries.record_delivery(conn, message_id, status=status,
+                await outbound.record_delivery(conn, message_id, status=status,
                                               attempts=attempts, error=error)
 
     async def _deliver(self, message_id: int) -> None:

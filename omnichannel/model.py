@@ -41,6 +41,8 @@ class DeliveryStatus(enum.StrEnum):
     """Delivery state of an outbound message."""
 
     QUEUED = "queued"
+    #: A worker has claimed it and is handing it to the provider.
+    SENDING = "sending"
     SENT = "sent"
     DELIVERED = "delivered"
     READ = "read"
@@ -112,6 +114,37 @@ class InboundMessage:
     #: Set when the citizen edited a message already sent: this is its new version, with the
     #: same external id, and replaces the stored text (the earlier versions are kept).
     edited_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A provider's word on one of our outbound messages, found by the id it gave us."""
+
+    channel: str
+    account: str
+    #: The provider's id of the outbound message, as `send` returned it.
+    external_id: str
+    status: DeliveryStatus
+    #: When it happened, by the provider's clock.
+    at: datetime
+    #: The provider's code and description when the status is `failed`.
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A message template the provider approved in advance (WhatsApp outside its reply window)."""
+
+    #: The template's name (Meta) or content SID (Twilio).
+    name: str
+    language: str = "id"
+    #: Values of the body's numbered placeholders, in order.
+    parameters: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form, as stored with the outbound message."""
+        return {"name": self.name, "language": self.language,
+                "parameters": list(self.parameters)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from aiohttp import web
 
 from omnichannel.delivery import Outgoing
 from omnichannel.http import json_response
-from omnichannel.model import InboundMessage
+from omnichannel.model import InboundMessage, StatusUpdate
 from omnichannel.store.ingest import Stored
 
 
@@ -30,6 +31,11 @@ class Capabilities:
     #: The webhook's own answer already tells the sender the tracking number, so no
     #: automatic acknowledgement is sent through the channel.
     acknowledges_inline: bool = False
+    #: How long after the citizen's last message free text may still be sent (WhatsApp's
+    #: customer-service window); later, only an approved template goes out.
+    reply_window: timedelta | None = None
+    #: Whether approved templates can be sent (`Outgoing.template`).
+    templates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,22 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def parse(self, request: WebhookRequest) -> list[InboundMessage]:
         """The messages a verified request carries; raise `PayloadError` if it is malformed."""
+
+    def statuses(self, request: WebhookRequest) -> list[StatusUpdate]:
+        """Delivery receipts for our outbound messages that a verified request carries."""
+        return []
+
+    def serves(self, channel: str, account: str) -> bool:
+        """Whether replies in conversations of `channel` and `account` leave through this adapter.
+
+        Most adapters carry their own channel only; one provider may carry several (Twilio
+        carries both SMS and WhatsApp).
+        """
+        return channel == self.name
+
+    def capabilities_of(self, channel: str) -> Capabilities:
+        """What `channel` can carry through this adapter."""
+        return self.capabilities
 
     def acknowledge(self, request: WebhookRequest, stored: Sequence[Stored]) -> web.Response:
         """The answer the provider expects once every message of `request` is stored."""

@@ -14,7 +14,7 @@ from omnichannel.adapters.api import describe_errors
 from omnichannel.appkeys import ENGINE
 from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
 from omnichannel.model import ConversationStatus, RoutedEvent
-from omnichannel.store import queries
+from omnichannel.store import outbound, queries
 
 if TYPE_CHECKING:
     from omnichannel.app import Engine
@@ -121,7 +121,7 @@ async def reply(request: web.Request) -> web.Response:
         target = await queries.conversation_channel(conn, conversation_id)
         if target is None:
             fail(404, f"conversation {conversation_id} does not exist")
-        message = await queries.add_outbound(
+        message = await outbound.add_outbound(
             conn, conversation_id, channel=target.channel, account=target.account,
             text=body.text, author=body.author,
         )

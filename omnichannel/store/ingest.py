@@ -57,7 +57,7 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
+def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -238,7 +238,7 @@ class Ingestor:
                 owner.update(dict.fromkeys(keys, cid))
 
         rows = await conn.execute(
-            _insert(conn, _identity).on_conflict_do_nothing().returning(
+            insert_for(conn, _identity).on_conflict_do_nothing().returning(
                 _identity.c.channel, _identity.c.address, _identity.c.contact_id
             ),
             [{"contact_id": owner[k], "channel": k[0], "address": k[1]} for k in missing],
@@ -288,7 +288,7 @@ class Ingestor:
             return found
         # The partial unique index makes a racing worker's insert do nothing here.
         rows = await conn.execute(
-            _insert(conn, _conversation).on_conflict_do_nothing().returning(
+            insert_for(conn, _conversation).on_conflict_do_nothing().returning(
                 _conversation.c.id, _conversation.c.contact_id, _conversation.c.channel,
                 _conversation.c.account,
             ),
@@ -339,7 +339,7 @@ class Ingestor:
             })
 
         inserted = await conn.execute(
-            _insert(conn, _message).on_conflict_do_nothing().returning(
+            insert_for(conn, _message).on_conflict_do_nothing().returning(
                 _message.c.id, _message.c.channel, _message.c.account, _message.c.external_id
             ),
             rows,

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from omnichannel.model import ConversationStatus, DeliveryStatus, Direction
+from omnichannel.model import ConversationStatus, Direction
 from omnichannel.store.ingest import as_utc
 from omnichannel.store.tables import CONTACT, CONVERSATION, MESSAGE, utcnow
 
@@ -21,7 +21,8 @@ class ConflictError(Exception):
     """The change would break an invariant, such as two active conversations of one contact."""
 
 
-def _json_row(row: sa.RowMapping, drop: frozenset[str] = frozenset()) -> dict[str, Any]:
+def json_row(row: sa.RowMapping, drop: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A row as JSON-ready data, timestamps in ISO 8601 UTC, without the `drop` columns."""
     return {
         k: (as_utc(v).isoformat() if isinstance(v, datetime) else v)
         for k, v in row.items()
@@ -51,7 +52,7 @@ async def list_conversations(
         query = query.where(c.status == status)
     if before_id is not None:
         query = query.where(c.id < before_id)
-    return [_json_row(r._mapping) for r in await conn.execute(query)]
+    return [json_row(r._mapping) for r in await conn.execute(query)]
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: int) -> dict[str, Any] | None:
@@ -67,61 +68,29 @@ async def get_conversation(conn: AsyncConnection, conversation_id: int) -> dict[
     ).first()
     if row is None:
         return None
-    result = _json_row(row._mapping)
+    result = json_row(row._mapping)
     messages = await conn.execute(
         sa.select(_message)
         .where(_message.c.conversation_id == conversation_id)
         .order_by(_message.c.sent_at, _message.c.id)
     )
-    result["messages"] = [_json_row(m._mapping, frozenset({"raw"})) for m in messages]
+    result["messages"] = [json_row(m._mapping, frozenset({"raw"})) for m in messages]
     return result
 
 
 async def conversation_channel(conn: AsyncConnection, conversation_id: int) -> Any:
-    """Channel, account and the contact's address on it, for sending a reply."""
+    """Channel, account, the contact's address on it and when they last wrote, for a reply."""
     c = _conversation.c
     return (
         await conn.execute(
             sa.select(c.id, c.channel, c.account, c.status, c.tracking_number,
-                      _message.c.sender_id)
+                      _message.c.sender_id, _message.c.sent_at.label("last_inbound_at"))
             .join(_message, _message.c.conversation_id == c.id)
             .where(c.id == conversation_id, _message.c.direction == Direction.INBOUND.value)
             .order_by(_message.c.id.desc())
             .limit(1)
         )
     ).first()
-
-
-async def add_outbound(
-    conn: AsyncConnection, conversation_id: int, *, channel: str, account: str, text: str,
-    author: str,
-) -> dict[str, Any]:
-    """Store an agent's reply as queued for delivery; a new conversation becomes open."""
-    now = utcnow()
-    row = (
-        await conn.execute(
-            sa.insert(_message)
-            .values(
-                conversation_id=conversation_id, direction=Direction.OUTBOUND.value,
-                channel=channel, account=account, author=author, text=text, attachments=[],
-                sent_at=now, received_at=now, delivery_status=DeliveryStatus.QUEUED.value,
-            )
-            .returning(_message)
-        )
-    ).one()
-    await conn.execute(
-        sa.update(_conversation)
-        .where(_conversation.c.id == conversation_id)
-        .values(
-            updated_at=now,
-            status=sa.case(
-                (_conversation.c.status == ConversationStatus.NEW.value,
-                 ConversationStatus.OPEN.value),
-                else_=_conversation.c.status,
-            ),
-        )
-    )
-    return _json_row(row._mapping, frozenset({"raw"}))
 
 
 async def set_status(
@@ -140,32 +109,3 @@ async def set_status(
         ) from exc
     return bool(result.rowcount)
 
-
-async def record_delivery(
-    conn: AsyncConnection, message_id: int, *, status: DeliveryStatus, attempts: int,
-    error: str | None = None, external_id: str | None = None,
-) -> None:
-    """Record the outcome of one delivery attempt of an outbound message."""
-    values: dict[str, Any] = {
-        "delivery_status": status.value, "delivery_attempts": attempts, "delivery_error": error,
-    }
-    if external_id is not None:
-        values["external_id"] = external_id
-    await conn.execute(sa.update(_message).where(_message.c.id == message_id).values(**values))
-
-
-async def queued_outbound(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """Outbound messages still waiting for delivery, oldest first (resumed after a restart)."""
-    rows = await conn.execute(
-        sa.select(_message.c.id, _message.c.conversation_id)
-        .where(_message.c.direction == Direction.OUTBOUND.value,
-               _message.c.delivery_status == DeliveryStatus.QUEUED.value)
-        .order_by(_message.c.id)
-    )
-    return [dict(r._mapping) for r in rows]
-
-
-async def outbound_message(conn: AsyncConnection, message_id: int) -> dict[str, Any] | None:
-    """One outbound message with what is needed to deliver it."""
-    row = (await conn.execute(sa.select(_message).where(_message.c.id == message_id))).first()
-    return _json_row(row._mapping) if row else None

@@ -130,9 +130,32 @@ class Message(SQLModel, table=True):
     delivery_status: str | None = Field(default=None, max_length=16)
     delivery_error: str | None = Field(default=None)
     delivery_attempts: int = Field(default=0)
+    #: While a worker sends, no other may claim the message before this time has passed.
+    delivery_lease_until: datetime | None = _ts(default=None)
+    #: When the delivery status last changed (our send or the provider's receipt).
+    delivery_updated_at: datetime | None = _ts(default=None)
     #: When the citizen last edited it; `edits` keeps the earlier versions, oldest first.
     edited_at: datetime | None = _ts(default=None)
     edits: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
+
+
+class DeliveryReceipt(SQLModel, table=True):
+    """A provider's status callback for an outbound message, kept even before the send is
+    recorded (a receipt can overtake the provider's answer to the send itself)."""
+
+    __tablename__ = "delivery_receipt"
+    # A provider repeating a callback is recorded once.
+    __table_args__ = (sa.UniqueConstraint("external_id", "channel", "account", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=32)
+    account: str = Field(max_length=200)
+    external_id: str = Field(max_length=200)
+    status: str = Field(max_length=16)
+    error: str | None = Field(default=None)
+    #: When the provider says it happened.
+    occurred_at: datetime = _ts()
+    received_at: datetime = _ts(default_factory=utcnow)
 
 
 def _table(model: type[SQLModel]) -> sa.Table:
@@ -146,3 +169,4 @@ CONTACT = _table(Contact)
 CONTACT_IDENTITY = _table(ContactIdentity)
 CONVERSATION = _table(Conversation)
 MESSAGE = _table(Message)
+DELIVERY_RECEIPT = _table(DeliveryReceipt)

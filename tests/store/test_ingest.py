@@ -18,7 +18,7 @@ from omnichannel.model import (
     RouteDecision,
     Sender,
 )
-from omnichannel.store import outbox, queries
+from omnichannel.store import outbound, outbox, queries
 from omnichannel.store.database import Database
 from omnichannel.store.ingest import Ingestor, Stored
 
@@ -257,13 +257,13 @@ async def test_a_new_conversation_gets_one_queued_acknowledgement(db: Database) 
     assert second.acknowledgement_id is None and later.acknowledgement_id is None
     async with db.api.connect() as conn:
         conv = await queries.get_conversation(conn, first.conversation_id)
-        queued = await queries.queued_outbound(conn)
+        queued = await outbound.unsent(conn)
     assert conv is not None
     [ack] = [m for m in conv["messages"] if m["direction"] == "outbound"]
     assert ack["id"] == first.acknowledgement_id
     assert ack["text"] == f"{first.tracking_number} -> dlhp"
     assert ack["delivery_status"] == "queued" and ack["author"] == "omnichannel"
-    assert [q["id"] for q in queued] == [ack["id"]]  # resumed by delivery after a restart
+    assert queued == [ack["id"]]  # resumed by delivery after a restart
     [inline] = await run(InboundMessage(channel="api-inline", account="x", external_id="i1",
                                         sender=Sender(id="z"), text="jalan rusak"))
     assert inline.acknowledgement_id is None
