@@ -19,12 +19,12 @@ from omnichannel.bus import Bus, Subscription, make_bus
 from omnichannel.delivery import Deliverer, Sender
 from omnichannel.http import fail, json_response, require_bearer
 from omnichannel.inbox.api import routes as inbox_routes
-from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent
+from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent, StatusUpdate
 from omnichannel.openapi import openapi_document
 from omnichannel.pipeline import IngestPipeline, Publisher
 from omnichannel.router import RulesError, RuleSet, load_rules
 from omnichannel.settings import Settings
-from omnichannel.store import outbox
+from omnichannel.store import outbound, outbox
 from omnichannel.store.database import Database, create_database
 from omnichannel.store.ingest import Ingestor
 from omnichannel.store.migrate import upgrade
@@ -137,6 +137,12 @@ class Engine:
                  bus="rabbitmq" if self.settings.broker_url else "in-process",
                  opds=len(self.rules.opds))
 
+    async def record_receipts(self, receipts: list[StatusUpdate]) -> None:
+        """Store providers' delivery receipts and advance their messages' delivery states."""
+        async with self.db.write(self.db.ingest) as conn:
+            advanced = await outbound.record_receipts(conn, receipts)
+        log.info("receipts_recorded", receipts=len(receipts), advanced=advanced)
+
     def end_live_streams(self) -> None:
         """Tell every live (SSE) listener to finish, so shutdown need not wait for them."""
         for listener in list(self.live):
@@ -168,7 +174,7 @@ def webhook_view(channel: str) -> Callable[[web.Request], Awaitable[web.Response
         if adapter is None:
             fail(404, f"the {channel} channel is not configured")
         return await handle_webhook(
-            adapter, request, engine.pipeline.submit,
+            adapter, request, engine.pipeline.submit, engine.record_receipts,
             max_body_bytes=engine.settings.max_body_bytes, public_url=engine.settings.public_url,
         )
 

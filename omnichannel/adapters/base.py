@@ -72,6 +72,30 @@ class PayloadError(Exception):
         self.detail = list(detail)
 
 
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A file fetched from the provider."""
+
+    content: bytes
+    content_type: str | None = None
+    filename: str | None = None
+
+
+class FetchError(Exception):
+    """A file could not be fetched; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class TooLarge(FetchError):
+    """The file is larger than the provider lets us download, or than we keep."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class Adapter(abc.ABC):
     """One channel account: verifies and parses what arrives, sends what leaves."""
 
@@ -115,6 +139,14 @@ class Adapter(abc.ABC):
 
         Raises `omnichannel.delivery.DeliveryError`, saying whether a retry may help.
         """
+
+    async def fetch(self, account: str, url: str, *, max_bytes: int) -> Download:
+        """Download an attachment the provider holds (`Attachment.url` as `parse` set it).
+
+        Raises `TooLarge` past `max_bytes` (or the provider's own limit) and `FetchError`
+        otherwise; never reads more than `max_bytes` into memory.
+        """
+        raise FetchError(f"the {self.name} channel keeps no files to fetch", retryable=False)
 
     async def close(self) -> None:  # noqa: B027 - most adapters hold nothing to release
         """Release connections the adapter holds."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import sqlalchemy as sa
 import structlog
 from aiohttp import web
 
@@ -17,13 +18,15 @@ from omnichannel.adapters.base import (
     WebhookRequest,
 )
 from omnichannel.http import fail, read_body
-from omnichannel.model import InboundMessage
+from omnichannel.model import InboundMessage, StatusUpdate
 from omnichannel.pipeline import ShuttingDown
 from omnichannel.store.ingest import Stored
 
 log = structlog.get_logger(__name__)
 
 Submit = Callable[[InboundMessage], Awaitable[Stored]]
+#: Records providers' delivery receipts durably.
+RecordReceipts = Callable[[list[StatusUpdate]], Awaitable[object]]
 
 
 async def webhook_request(
@@ -38,10 +41,10 @@ async def webhook_request(
 
 
 async def handle_webhook(
-    adapter: Adapter, request: web.Request, submit: Submit, *, max_body_bytes: int,
-    public_url: str | None,
+    adapter: Adapter, request: web.Request, submit: Submit, record_receipts: RecordReceipts, *,
+    max_body_bytes: int, public_url: str | None,
 ) -> web.Response:
-    """Answer a provider: 2xx only once every message it sent is stored durably."""
+    """Answer a provider: 2xx only once every message and receipt it sent is stored durably."""
     if request.method not in adapter.methods:
         raise web.HTTPMethodNotAllowed(request.method, sorted(adapter.methods))
     try:
@@ -55,6 +58,7 @@ async def handle_webhook(
             fail(exc.status, str(exc))
         try:
             messages = adapter.parse(incoming)
+            receipts = adapter.statuses(incoming)
         except PayloadError as exc:
             fail(exc.status, str(exc), detail=exc.detail)
     except web.HTTPException as exc:
@@ -62,8 +66,11 @@ async def handle_webhook(
         raise
     try:
         stored = await asyncio.gather(*(submit(m) for m in messages))
+        if receipts:
+            await record_receipts(receipts)
     except ShuttingDown:
         fail(503, "the engine is shutting down; retry later")
-    except RuntimeError:
+    except (RuntimeError, sa.exc.SQLAlchemyError, OSError):
+        log.exception("webhook_store_failed", channel=adapter.name)
         fail(500, "the message could not be stored; retry later")
     return adapter.acknowledge(incoming, stored)

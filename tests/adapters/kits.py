@@ -39,8 +39,13 @@ class Kit:
     provider_path: str
     #: The provider's answer to a send, by HTTP status, in its own wire format.
     provider_reply: Callable[[int], dict[str, Any]]
-    #: Channel and account of the reply the suite sends.
+    #: Channel, account and recipient of the reply the suite sends.
     account: str = "default"
+    channel: str = ""
+    recipient: str = "4242"
+
+    def __post_init__(self) -> None:
+        self.channel = self.channel or self.name
 
 
 def _api_request(body: dict[str, Any], token: str | None = TOKEN) -> WebhookRequest:

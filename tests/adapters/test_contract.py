@@ -21,7 +21,7 @@ from tests.adapters.kits import KITS, Kit
 
 def outgoing(kit: Kit) -> Outgoing:
     return Outgoing(message_id=7, conversation_id=3, tracking_number="AMB-2026-000003",
-                    channel=kit.name, account=kit.account, recipient="4242",
+                    channel=kit.channel, account=kit.account, recipient=kit.recipient,
                     text="Terima kasih, laporan sudah diteruskan.")
 
 
