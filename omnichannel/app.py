@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from omnichannel import metrics
-from omnichannel.adapters import REGISTRY, Adapter
+from omnichannel.adapters import CHANNELS, REGISTRY, Adapter, ServingSender
 from omnichannel.adapters.webhook import handle_webhook
 from omnichannel.appkeys import ENGINE
 from omnichannel.bus import Bus, Subscription, make_bus
@@ -129,7 +129,12 @@ class Engine:
             timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
         )
         for name, build in REGISTRY.items():
-            self.adapters[name] = self._senders[name] = build(self.settings, self._http)
+            self.adapters[name] = build(self.settings, self._http)
+        # A reply leaves through the adapter that serves its channel and account: Twilio's
+        # sms and whatsapp conversations are named after no adapter.
+        serving = ServingSender(self.adapters)
+        for channel in CHANNELS:
+            self._senders[channel] = serving
         await self.publisher.start()
         await self.pipeline.start()
         await self.deliverer.start()

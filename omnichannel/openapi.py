@@ -95,6 +95,25 @@ def openapi_document() -> dict[str, Any]:
                               "413": _error("body too large"),
                               "503": _error("no bot configured")},
             }},
+            "/webhooks/twilio": {"post": {
+                "summary": "Twilio webhook: inbound SMS and WhatsApp messages and status callbacks",
+                "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": True,
+                                "schema": {"type": "string"},
+                                "description": "Twilio's signature of the public URL and every "
+                                               "form field, by the account's auth token"}],
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": {
+                        "type": "object", "additionalProperties": {"type": "string"},
+                        "description": "https://www.twilio.com/docs/messaging/guides/"
+                                       "webhook-request"}}}},
+                "responses": {"200": {"description": "stored durably (or nothing to store): "
+                                                     "empty TwiML",
+                                      "content": {"text/xml": {"schema": {"type": "string"}}}},
+                              "400": _error("a message without MessageSid, From or To"),
+                              "403": _error("unknown AccountSid, missing or wrong signature"),
+                              "413": _error("body too large"),
+                              "503": _error("no Twilio account configured")},
+            }},
             "/api/v1/conversations": {"get": {
                 "summary": "List conversations, newest first",
                 "security": bearer,

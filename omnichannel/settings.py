@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from omnichannel.phones import normalise_phone
+
 #: Where `serve` looks for its configuration when no `--config` is given.
 DEFAULT_CONFIG_PATH = Path("config/omnichannel.yaml")
 
@@ -51,6 +53,54 @@ class TelegramBot(BaseModel):
         return value
 
 
+def _refuse_example(value: SecretStr) -> SecretStr:
+    """A secret copied from documentation, or too short to be a real one, is refused."""
+    secret = value.get_secret_value()
+    if secret.lower() in EXAMPLE_SECRETS or len(secret) < 16:
+        raise ValueError("is an example value or shorter than 16 characters")
+    return value
+
+
+class TwilioAccount(BaseModel):
+    """One Twilio account: its SID and auth token, and the numbers and messaging services we use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    #: Signs Twilio's webhooks and authenticates our calls to its API.
+    auth_token: SecretStr
+    #: Our SMS numbers and WhatsApp senders (`+6281100000001`, `whatsapp:+6281100000002`),
+    #: kept as E.164; a conversation's account is the number the citizen wrote to.
+    numbers: list[str] = Field(default_factory=list)
+    #: Messaging services (MG...) of the account: a number they receive on becomes ours too.
+    messaging_service_sids: list[str] = Field(default_factory=list)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _real_token(cls, value: SecretStr) -> SecretStr:
+        return _refuse_example(value)
+
+    @field_validator("numbers")
+    @classmethod
+    def _e164(cls, values: list[str]) -> list[str]:
+        out = []
+        for raw in values:
+            # No region is assumed: a number written nationally would be a guess.
+            number = normalise_phone(raw, "ZZ")
+            if number is None:
+                raise ValueError(f"{raw!r} is not a phone number in international form (+62...)")
+            out.append(number)
+        return out
+
+    @field_validator("messaging_service_sids")
+    @classmethod
+    def _service_sids(cls, values: list[str]) -> list[str]:
+        for sid in values:
+            if not re.fullmatch(r"MG[0-9a-fA-F]{32}", sid):
+                raise ValueError(f"{sid!r} is not a messaging service SID (MG + 32 hex digits)")
+        return values
+
+
 class Settings(BaseSettings):
     """Every setting of the engine; environment variables win over the YAML file."""
 
@@ -82,6 +132,12 @@ class Settings(BaseSettings):
     telegram_bots: list[TelegramBot] = Field(default_factory=list)
     #: The Bot API's base URL (a local Bot API server, or a fake in tests).
     telegram_api_url: str = "https://api.telegram.org"
+    #: Twilio accounts (SMS and WhatsApp); with secrets, set them in the environment as JSON, e.g.
+    #: OMNICHANNEL_TWILIO_ACCOUNTS='[{"account_sid": "AC...", "auth_token": "...",
+    #: "numbers": ["+6281100000001", "whatsapp:+6281100000002"]}]'
+    twilio_accounts: list[TwilioAccount] = Field(default_factory=list)
+    #: Twilio's REST API base URL (a fake in tests); media is fetched only from this host.
+    twilio_api_url: str = "https://api.twilio.com"
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
     #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).
@@ -107,11 +163,21 @@ class Settings(BaseSettings):
     @field_validator("api_token", "agent_token")
     @classmethod
     def _refuse_example_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            secret = value.get_secret_value()
-            if secret.lower() in EXAMPLE_SECRETS or len(secret) < 16:
-                raise ValueError("is an example value or shorter than 16 characters")
-        return value
+        return None if value is None else _refuse_example(value)
+
+    @field_validator("twilio_accounts")
+    @classmethod
+    def _twilio_accounts_apart(cls, accounts: list[TwilioAccount]) -> list[TwilioAccount]:
+        sids = [a.account_sid for a in accounts]
+        if len(set(sids)) != len(sids):
+            raise ValueError("an account_sid is listed twice")
+        owner: dict[str, str] = {}
+        for account in accounts:
+            for number in account.numbers:
+                # A reply leaves from the conversation's number: it needs one account to send it.
+                if owner.setdefault(number, account.account_sid) != account.account_sid:
+                    raise ValueError(f"{number} is listed under two accounts")
+        return accounts
 
     @field_validator("broker_url", "api_callback_url", "public_url", mode="before")
     @classmethod

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import orjson
 from pydantic import SecretStr
 from telegram import Chat, Contact, Message, PhotoSize, Update, User
 from telegram import Location as TgLocation
+from twilio.request_validator import RequestValidator
 
 from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter, WebhookRequest
 from omnichannel.adapters.telegram import TelegramAdapter
-from omnichannel.settings import TelegramBot
+from omnichannel.adapters.twilio import TwilioAdapter
+from omnichannel.settings import TelegramBot, TwilioAccount
 
 TOKEN = "contract-suite-token-0123456789"
 
@@ -157,4 +160,165 @@ TELEGRAM = Kit(
     account="lapor_ambon_bot",
 )
 
-KITS = [API, TELEGRAM]
+TWILIO_SID = "AC" + "3f0c2a9b8d7e6f5a4b3c2d1e0f9a8b7c"
+TWILIO_TOKEN = "5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b"
+#: Our SMS number, our WhatsApp sender, and a number of our messaging service (not listed).
+TWILIO_SMS = "+6281100000001"
+TWILIO_WA = "+6281100000002"
+TWILIO_SERVICE_NUMBER = "+6281100000003"
+TWILIO_SERVICE = "MG" + "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"
+#: The citizen.
+CITIZEN_PHONE = "+6281234567890"
+#: The URL Twilio calls, and signs.
+TWILIO_URL = "https://lapor.example/webhooks/twilio"
+
+
+def twilio_account(**overrides: Any) -> TwilioAccount:
+    values: dict[str, Any] = {
+        "account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN,
+        "numbers": [TWILIO_SMS, "whatsapp:" + TWILIO_WA],
+        "messaging_service_sids": [TWILIO_SERVICE], **overrides,
+    }
+    return TwilioAccount(**values)
+
+
+def twilio_request(fields: list[tuple[str, str]], *, url: str = TWILIO_URL,
+                   token: str | None = TWILIO_TOKEN) -> WebhookRequest:
+    """A webhook as Twilio sends it: the form signed over `url` and every field, blank ones too."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded",
+               "I-Twilio-Idempotency-Token": f"idem-{len(fields)}"}
+    if token is not None:
+        headers["X-Twilio-Signature"] = RequestValidator(token).compute_signature(
+            url, dict(fields))
+    return WebhookRequest(method="POST", url=url, headers=headers,
+                          body=urlencode(fields).encode())
+
+
+def twilio_inbound(sid: str, body: str, *, sender: str = CITIZEN_PHONE, to: str = TWILIO_SMS,
+                   extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """An inbound SMS's form as Twilio documents it, blank geographic fields included."""
+    return [
+        ("ToCountry", "ID"), ("ToState", ""), ("SmsMessageSid", sid), ("NumMedia", "0"),
+        ("ToCity", ""), ("FromZip", ""), ("SmsSid", sid), ("FromState", ""),
+        ("SmsStatus", "received"), ("FromCity", ""), ("Body", body), ("FromCountry", "ID"),
+        ("To", to), ("ToZip", ""), ("NumSegments", "1"), ("MessageSid", sid),
+        ("AccountSid", TWILIO_SID), ("From", sender), ("ApiVersion", "2010-04-01"), *extra,
+    ]
+
+
+def whatsapp_inbound(sid: str, body: str, *, extra: Sequence[tuple[str, str]] = (),
+                     num_media: int = 0, message_type: str = "text") -> list[tuple[str, str]]:
+    """An inbound WhatsApp message's form: prefixed addresses, ProfileName and WaId."""
+    return [
+        ("SmsMessageSid", sid), ("NumMedia", str(num_media)), ("ProfileName", "Rina Latuconsina"),
+        ("MessageType", message_type), ("SmsSid", sid), ("WaId", CITIZEN_PHONE[1:]),
+        ("SmsStatus", "received"), ("Body", body), ("To", "whatsapp:" + TWILIO_WA),
+        ("NumSegments", "1"), ("ReferralNumMedia", "0"), ("MessageSid", sid),
+        ("AccountSid", TWILIO_SID), ("From", "whatsapp:" + CITIZEN_PHONE),
+        ("ApiVersion", "2010-04-01"), *extra,
+    ]
+
+
+def twilio_status(sid: str, status: str, *, channel: str = "sms",
+                  error_code: str | None = None) -> list[tuple[str, str]]:
+    """A status callback about one of our outbound messages (From is our number)."""
+    prefix = "whatsapp:" if channel == "whatsapp" else ""
+    ours = TWILIO_WA if channel == "whatsapp" else TWILIO_SMS
+    fields = [("SmsSid", sid), ("SmsStatus", status), ("MessageStatus", status),
+              ("To", prefix + CITIZEN_PHONE), ("MessageSid", sid), ("AccountSid", TWILIO_SID),
+              ("From", prefix + ours), ("ApiVersion", "2010-04-01")]
+    if error_code is not None:
+        fields.insert(0, ("ErrorCode", error_code))
+    return fields
+
+
+def media_url(message_sid: str, media_sid: str, base: str = "https://api.twilio.com") -> str:
+    return f"{base}/2010-04-01/Accounts/{TWILIO_SID}/Messages/{message_sid}/Media/{media_sid}"
+
+
+def _twilio_forgeries(request: WebhookRequest) -> list[WebhookRequest]:
+    headers = dict(request.headers)
+    signature = headers.pop("X-Twilio-Signature")
+    wrong = {**headers, "X-Twilio-Signature": signature[:-2] + ("A=" if signature[-2] != "A"
+                                                                 else "B=")}
+    fields = dict(_form_pairs(request.body))
+    other = {**headers, "X-Twilio-Signature": RequestValidator(
+        "0" * 32).compute_signature(request.url, fields)}
+    return [replace(request, headers=headers), replace(request, headers=wrong),
+            replace(request, headers=other)]
+
+
+def _form_pairs(body: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(body.decode(), keep_blank_values=True)
+
+
+_twilio_sids = itertools.count(1)
+
+
+def _twilio_reply(status: int) -> dict[str, Any]:
+    """The Messages resource as Twilio answers a create, or its error JSON."""
+    if status < 300:
+        sid = f"SM{next(_twilio_sids):032x}"
+        return {
+            "account_sid": TWILIO_SID, "api_version": "2010-04-01", "body": "ok",
+            "date_created": "Sat, 28 Nov 2026 01:02:03 +0000",
+            "date_sent": None, "date_updated": "Sat, 28 Nov 2026 01:02:03 +0000",
+            "direction": "outbound-api", "error_code": None, "error_message": None,
+            "from": TWILIO_SMS, "messaging_service_sid": None, "num_media": "0",
+            "num_segments": "1", "price": None, "price_unit": "USD", "sid": sid,
+            "status": "queued", "to": CITIZEN_PHONE,
+            "subresource_uris": {"media": f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/{sid}"
+                                          "/Media.json"},
+            "uri": f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/{sid}.json",
+        }
+    code = {400: 21211, 403: 20003, 429: 20429}.get(status, 20500)
+    return {"code": code, "message": f"Twilio error {code}",
+            "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status}
+
+
+_SMS_SID = "SM" + "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+_MMS_SID = "MM" + "1b2c3d4e5f60718293a4b5c6d7e8f90a"
+
+TWILIO = Kit(
+    name="twilio",
+    build=lambda base, session: TwilioAdapter([twilio_account()], session=session,
+                                              api_url=base, timeout_s=2),
+    fixtures=[
+        (twilio_request(twilio_inbound(_SMS_SID, "Sampah di Batu Merah seng diangkut")),
+         {"channel": "sms", "account": TWILIO_SMS, "external_id": _SMS_SID,
+          "sender_id": CITIZEN_PHONE, "phone": CITIZEN_PHONE,
+          "text": "Sampah di Batu Merah seng diangkut", "attachments": 0}),
+        # Through a messaging service, to a number of the service not listed in `numbers`.
+        (twilio_request(twilio_inbound(
+            "SM" + "2c3d4e5f60718293a4b5c6d7e8f90a1b", "Lampu jalan mati di Waihaong",
+            to=TWILIO_SERVICE_NUMBER, extra=[("MessagingServiceSid", TWILIO_SERVICE)])),
+         {"channel": "sms", "account": TWILIO_SERVICE_NUMBER,
+          "external_id": "SM" + "2c3d4e5f60718293a4b5c6d7e8f90a1b"}),
+        (twilio_request(whatsapp_inbound("SM" + "3d4e5f60718293a4b5c6d7e8f90a1b2c",
+                                         "Air PDAM mati tiga hari")),
+         {"channel": "whatsapp", "account": TWILIO_WA, "sender_id": "whatsapp:" + CITIZEN_PHONE,
+          "phone": CITIZEN_PHONE, "text": "Air PDAM mati tiga hari"}),
+        (twilio_request(whatsapp_inbound(_MMS_SID, "Lubang di jalan", num_media=2,
+                                         message_type="image", extra=[
+            ("MediaContentType0", "image/jpeg"),
+            ("MediaUrl0", media_url(_MMS_SID, "ME" + "a" * 32)),
+            ("MediaContentType1", "image/png"),
+            ("MediaUrl1", media_url(_MMS_SID, "ME" + "b" * 32))])),
+         {"channel": "whatsapp", "external_id": _MMS_SID, "text": "Lubang di jalan",
+          "attachments": 2}),
+        (twilio_request(whatsapp_inbound("SM" + "4e5f60718293a4b5c6d7e8f90a1b2c3d", "",
+                                         message_type="location", extra=[
+            ("Latitude", "-3.6954"), ("Longitude", "128.1814"),
+            ("Address", "Jl. Pantai Mardika, Ambon"), ("Label", "Pasar Mardika")])),
+         {"channel": "whatsapp", "text": "", "latitude": -3.6954}),
+    ],
+    forgeries=_twilio_forgeries,
+    signs_body=True,
+    provider_path=f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json",
+    provider_reply=_twilio_reply,
+    channel="sms",
+    account=TWILIO_SMS,
+    recipient=CITIZEN_PHONE,
+)
+
+KITS = [API, TELEGRAM, TWILIO]
