@@ -71,3 +71,54 @@ def test_secrets_stay_out_of_reprs_and_logs(
     assert record["event"] == "configured" and record["token"] == "***"
     assert secret not in line
     logging.getLogger().handlers[:] = [logging.StreamHandler(io.StringIO())]
+
+
+TWILIO_SID = "AC" + "0123456789abcdef0123456789abcdef"
+TWILIO_TOKEN = "fedcba9876543210fedcba9876543210"
+
+
+def twilio_env(monkeypatch: pytest.MonkeyPatch, *accounts: dict[str, object]) -> None:
+    monkeypatch.setenv("OMNICHANNEL_TWILIO_ACCOUNTS", json.dumps(list(accounts)))
+
+
+def test_twilio_accounts_from_the_environment_with_numbers_as_e164(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twilio_env(monkeypatch, {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN,
+                             "numbers": ["+62 811-0000-0001", "whatsapp:+6281100000002"],
+                             "messaging_service_sids": ["MG" + "a" * 32]})
+    settings = load_settings(write(tmp_path, "twilio_api_url: http://127.0.0.1:9\n"))
+    [account] = settings.twilio_accounts
+    assert account.numbers == ["+6281100000001", "+6281100000002"]
+    assert account.auth_token.get_secret_value() == TWILIO_TOKEN
+    assert settings.twilio_api_url == "http://127.0.0.1:9"
+    assert TWILIO_TOKEN not in repr(settings) and TWILIO_TOKEN not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("accounts", "says"),
+    [
+        ([{"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN},
+          {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN[::-1]}],
+         "account_sid is listed twice"),
+        ([{"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "numbers": ["+6281100000001"]},
+          {"account_sid": "AC" + "1" * 32, "auth_token": TWILIO_TOKEN,
+           "numbers": ["whatsapp:+6281100000001"]}],
+         r"\+6281100000001 is listed under two accounts"),
+        ([{"account_sid": "SK" + "0" * 32, "auth_token": TWILIO_TOKEN}], "account_sid"),
+        ([{"account_sid": TWILIO_SID, "auth_token": "token"}], "example value"),
+        ([{"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "numbers": ["0811 0000 0001"]}],
+         "international form"),
+        ([{"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN,
+           "messaging_service_sids": ["MG123"]}], "messaging service SID"),
+        ([{"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "number": ["+6281100000001"]}],
+         "number"),
+    ],
+)
+def test_invalid_twilio_accounts_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accounts: list[dict[str, object]], says: str
+) -> None:
+    twilio_env(monkeypatch, *accounts)
+    with pytest.raises(ConfigError, match=says) as refused:
+        load_settings(write(tmp_path, "{}\n"))
+    assert TWILIO_TOKEN not in str(refused.value)
