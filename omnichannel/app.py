@@ -16,7 +16,8 @@ from omnichannel.adapters import REGISTRY, Adapter
 from omnichannel.adapters.webhook import handle_webhook
 from omnichannel.appkeys import ENGINE
 from omnichannel.bus import Bus, Subscription, make_bus
-from omnichannel.delivery import Deliverer, Sender
+from omnichannel.bus.work import make_work_queues
+from omnichannel.delivery import Deliverer
 from omnichannel.http import fail, json_response, require_bearer
 from omnichannel.inbox.api import routes as inbox_routes
 from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent, StatusUpdate
@@ -50,10 +51,9 @@ class Engine:
         self._http: aiohttp.ClientSession | None = None
         # Filled at start, when the HTTP client the adapters share can be made in the loop.
         self.adapters: dict[str, Adapter] = {}
-        self._senders: dict[str, Sender] = {}
         self.deliverer = Deliverer(
-            self.db, self._senders, attempts=settings.delivery_attempts,
-            timeout_s=settings.delivery_timeout_s,
+            self.db, self.sender_of, make_work_queues(self.bus),
+            attempts=settings.delivery_attempts, timeout_s=settings.delivery_timeout_s,
         )
         # SQLite has one writer at a time: more writer tasks would only queue for its lock.
         writers = 1 if settings.is_sqlite else settings.ingest_writers
@@ -64,6 +64,17 @@ class Engine:
             workers=writers,
             on_outbound=self.deliverer.submit,
         )
+
+    def sender_of(self, channel: str, account: str) -> Adapter | None:
+        """The adapter that carries replies in conversations of `channel` and `account`."""
+        for adapter in self.adapters.values():
+            if adapter.serves(channel, account):
+                return adapter
+        return None
+
+    def channels(self) -> set[str]:
+        """Every channel the adapters carry replies on (a work queue each)."""
+        return {c for adapter in self.adapters.values() for c in adapter.carries()}
 
     def _acknowledgement(self, message: InboundMessage, tracking: str, queue: str) -> str | None:
         """The reply to a conversation's first message: its tracking number and OPD."""
@@ -129,10 +140,10 @@ class Engine:
             timeout=aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
         )
         for name, build in REGISTRY.items():
-            self.adapters[name] = self._senders[name] = build(self.settings, self._http)
+            self.adapters[name] = build(self.settings, self._http)
         await self.publisher.start()
         await self.pipeline.start()
-        await self.deliverer.start()
+        await self.deliverer.start(sorted(self.channels()))
         log.info("engine_started", database=self.db.dialect,
                  bus="rabbitmq" if self.settings.broker_url else "in-process",
                  opds=len(self.rules.opds))

@@ -125,7 +125,7 @@ async def reply(request: web.Request) -> web.Response:
             conn, conversation_id, channel=target.channel, account=target.account,
             text=body.text, author=body.author,
         )
-    engine.deliverer.submit(message["id"])
+    engine.deliverer.submit(message["id"], target.channel)
     return json_response(message, status=202)
 
 
