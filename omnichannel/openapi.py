@@ -123,7 +123,19 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _json_body("ReplyRequest"),
                 "responses": {"202": _ok("queued for delivery"), "404": _error("no such id"),
                               "400": _error("bad id, or body not JSON"),
-                              "422": _error("invalid fields"), **_AUTH_ERRORS},
+                              "409": _error("no adapter sends on the conversation's channel"),
+                              "422": _error("invalid fields; a template where the channel has "
+                                            "none; free text after the channel's reply window "
+                                            "closed (`reason: reply_window_closed`)"),
+                              **_AUTH_ERRORS},
+            }},
+            "/api/v1/messages/{id}/retry": {"post": {
+                "summary": "Send a failed reply again",
+                "security": bearer, "parameters": [_ID],
+                "responses": {"202": _ok("queued for delivery again"),
+                              "404": _error("no such id"),
+                              "400": _error("id is not an integer in range"),
+                              "409": _error("not a failed reply"), **_AUTH_ERRORS},
             }},
             "/api/v1/conversations/{id}/status": {"post": {
                 "summary": "Change a conversation's status",

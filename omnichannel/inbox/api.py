@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from omnichannel.adapters.api import describe_errors
 from omnichannel.appkeys import ENGINE
 from omnichannel.http import fail, json_response, parse_json, read_body, require_bearer
-from omnichannel.model import ConversationStatus, RoutedEvent
+from omnichannel.model import ConversationStatus, RoutedEvent, Template
 from omnichannel.store import outbound, queries
+from omnichannel.store.ingest import as_utc
+from omnichannel.store.tables import utcnow
 
 if TYPE_CHECKING:
     from omnichannel.app import Engine
@@ -26,13 +28,30 @@ routes = web.RouteTableDef()
 LIVE_BACKLOG = 10000
 
 
-class ReplyRequest(BaseModel):
-    """An agent's reply to the citizen."""
+class TemplateRequest(BaseModel):
+    """An approved template to send instead of free text (WhatsApp, outside its reply window)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=4096)
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(default="id", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    parameters: list[str] = Field(default_factory=list, max_length=20)
+
+
+class ReplyRequest(BaseModel):
+    """An agent's reply to the citizen: free text, or an approved template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(default=None, min_length=1, max_length=4096)
+    template: TemplateRequest | None = None
     author: str = Field(default="agent", min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _text_or_template(self) -> ReplyRequest:
+        if (self.text is None) == (self.template is None):
+            raise ValueError("give either text or template")
+        return self
 
 
 class StatusRequest(BaseModel):
@@ -117,15 +136,68 @@ async def reply(request: web.Request) -> web.Response:
     engine = _engine(request)
     conversation_id = _conversation_id(request)
     body: ReplyRequest = await _body(request, ReplyRequest, engine)
+    template = None
+    if body.template is not None:
+        t = body.template
+        template = Template(name=t.name, language=t.language, parameters=tuple(t.parameters))
     async with engine.db.write(engine.db.api) as conn:
         target = await queries.conversation_channel(conn, conversation_id)
         if target is None:
             fail(404, f"conversation {conversation_id} does not exist")
+        _check_channel_allows(engine, target, template)
         message = await outbound.add_outbound(
             conn, conversation_id, channel=target.channel, account=target.account,
-            text=body.text, author=body.author,
+            text=body.text or _describe(template), author=body.author, template=template,
         )
     engine.deliverer.submit(message["id"], target.channel)
+    return json_response(message, status=202)
+
+
+def _describe(template: Template | None) -> str:
+    """What the inbox shows of a template reply."""
+    assert template is not None
+    shown = f"[template {template.name} ({template.language})]"
+    return " ".join([shown, *template.parameters])
+
+
+def _check_channel_allows(engine: Engine, target: Any, template: Template | None) -> None:
+    """Refuse, with a reason the inbox can show, what the conversation's channel cannot send."""
+    adapter = engine.sender_of(target.channel, target.account)
+    if adapter is None:
+        fail(409, f"no adapter is configured to send on {target.channel} account "
+                  f"{target.account!r}")
+    capabilities = adapter.capabilities_of(target.channel)
+    if template is not None:
+        if not capabilities.templates:
+            fail(422, f"the {target.channel} channel does not send templates; reply with text")
+        return
+    window = capabilities.reply_window
+    if window is not None:
+        closed_at = as_utc(target.last_inbound_at) + window
+        if utcnow() >= closed_at:
+            fail(422, f"the {target.channel} reply window closed at {closed_at.isoformat()} "
+                      f"({window.total_seconds() / 3600:g} hours after the citizen's last "
+                      "message); only an approved template can be sent until they write again",
+                 reason="reply_window_closed", window_closed_at=closed_at.isoformat())
+
+
+@routes.post("/api/v1/messages/{id}/retry")
+async def retry(request: web.Request) -> web.Response:
+    """Send a failed reply again."""
+    engine = _engine(request)
+    message_id = _int(request.match_info["id"], "message id")
+    assert message_id is not None
+    try:
+        async with engine.db.write(engine.db.api) as conn:
+            found = await outbound.retry(conn, message_id)
+            message = await outbound.outbound_message(conn, message_id) if found else None
+    except outbound.RetryRefused as exc:
+        fail(409, str(exc))
+    if message is None:
+        fail(404, f"message {message_id} does not exist")
+    engine.deliverer.submit(message_id, message["channel"])
+    message.pop("raw", None)
+    message.pop("delivery_lease_until", None)
     return json_response(message, status=202)
 
 
