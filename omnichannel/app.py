@@ -15,9 +15,11 @@ from omnichannel import metrics
 from omnichannel.adapters import REGISTRY, Adapter
 from omnichannel.adapters.webhook import handle_webhook
 from omnichannel.appkeys import ENGINE
+from omnichannel.blobs import BlobStore
 from omnichannel.bus import Bus, Subscription, make_bus
 from omnichannel.bus.work import make_work_queues
 from omnichannel.delivery import Deliverer
+from omnichannel.fetcher import Fetcher
 from omnichannel.http import fail, json_response, require_bearer
 from omnichannel.inbox.api import routes as inbox_routes
 from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent, StatusUpdate
@@ -55,6 +57,13 @@ class Engine:
             self.db, self.sender_of, make_work_queues(self.bus),
             attempts=settings.delivery_attempts, timeout_s=settings.delivery_timeout_s,
         )
+        self.blobs = BlobStore(settings.attachments_path)
+        self.fetcher = Fetcher(
+            self.db, self.sender_of, self.blobs, max_bytes=settings.max_attachment_bytes,
+            attempts=settings.delivery_attempts, timeout_s=settings.fetch_timeout_s,
+            too_large_text=settings.too_large_texts[settings.language],
+            deliver=self.deliverer.submit,
+        )
         # SQLite has one writer at a time: more writer tasks would only queue for its lock.
         writers = 1 if settings.is_sqlite else settings.ingest_writers
         ingestor = Ingestor(self._route, settings.tracking_prefix,
@@ -62,7 +71,7 @@ class Engine:
         self.pipeline = IngestPipeline(
             self.db, ingestor, self.publisher, batch_size=settings.ingest_batch_size,
             workers=writers,
-            on_outbound=self.deliverer.submit,
+            on_outbound=self.deliverer.submit, on_fetch=self.fetcher.submit,
         )
 
     def sender_of(self, channel: str, account: str) -> Adapter | None:
@@ -144,6 +153,7 @@ class Engine:
         await self.publisher.start()
         await self.pipeline.start()
         await self.deliverer.start(sorted(self.channels()))
+        await self.fetcher.start()
         log.info("engine_started", database=self.db.dialect,
                  bus="rabbitmq" if self.settings.broker_url else "in-process",
                  opds=len(self.rules.opds))
@@ -164,6 +174,7 @@ class Engine:
         """Stop taking messages, publish what was stored, then release every resource."""
         await self.pipeline.stop()
         await self.publisher.stop()
+        await self.fetcher.stop()
         await self.deliverer.stop()
         for adapter in self.adapters.values():
             await adapter.close()

@@ -129,6 +129,16 @@ def openapi_document() -> dict[str, Any]:
                                             "closed (`reason: reply_window_closed`)"),
                               **_AUTH_ERRORS},
             }},
+            "/api/v1/messages/{id}/attachments/{position}": {"get": {
+                "summary": "A file the citizen sent, as fetched from the provider",
+                "security": bearer,
+                "parameters": [_ID, {"name": "position", "in": "path", "required": True,
+                                     "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {"200": {"description": "the file, as an attachment download"},
+                              "404": _error("no such attachment, or not fetched (yet)"),
+                              "400": _error("id or position is not an integer in range"),
+                              **_AUTH_ERRORS},
+            }},
             "/api/v1/messages/{id}/retry": {"post": {
                 "summary": "Send a failed reply again",
                 "security": bearer, "parameters": [_ID],

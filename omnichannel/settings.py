@@ -32,6 +32,16 @@ DEFAULT_ACK_TEXTS = {
 }
 
 
+DEFAULT_TOO_LARGE_TEXTS = {
+    "id": "Maaf, file yang Anda kirim terlalu besar untuk kami terima (batas {limit}). "
+          "Laporan Anda tetap tercatat; kirim ulang file yang lebih kecil, misalnya foto "
+          "alih-alih video.",
+    "en": "Sorry, the file you sent is too large for us to receive (limit {limit}). "
+          "Your report is still recorded; please send a smaller file, e.g. a photo instead "
+          "of a video.",
+}
+
+
 class TelegramBot(BaseModel):
     """One Telegram bot: its account name here, its Bot API token and its webhook secret."""
 
@@ -88,6 +98,14 @@ class Settings(BaseSettings):
     language: str = "id"
     #: Acknowledgement per language; `{tracking_number}` and `{opd}` are filled in.
     auto_ack_texts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ACK_TEXTS))
+    #: Told to a citizen whose file is over the limit, per language; `{limit}` is filled in.
+    too_large_texts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TOO_LARGE_TEXTS))
+    #: Where files citizens send are kept, by content (SHA-256).
+    attachments_path: Path = Path("data/attachments")
+    #: Largest file fetched from a provider; larger ones are recorded and the citizen is told.
+    max_attachment_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    #: Bound on one file download (they are larger and slower than a send).
+    fetch_timeout_s: float = Field(default=120.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Largest number of inbound messages written in one database transaction.
     ingest_batch_size: int = Field(default=256, gt=0)
@@ -128,6 +146,14 @@ class Settings(BaseSettings):
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"auto_ack_texts.{language}: only {{tracking_number}} and "
                                  f"{{opd}} can be filled in ({exc!r})") from exc
+        if self.language not in self.too_large_texts:
+            raise ValueError(f"too_large_texts has no text for language {self.language!r}")
+        for language, text in self.too_large_texts.items():
+            try:
+                text.format(limit="20 MB")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"too_large_texts.{language}: only {{limit}} can be filled "
+                                 f"in ({exc!r})") from exc
         return self
 
     @property

@@ -43,6 +43,9 @@ def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         ("api_token: change-me\n", "example value"),
         ("auto_ack_texts: {id: 'nomor {nomor}'}\n", "auto_ack_texts.id"),
         ("language: fr\n", "no text for language 'fr'"),
+        ("too_large_texts: {id: 'batas {limit_mb} MB'}\n", "too_large_texts.id"),
+        ("language: en\ntoo_large_texts: {id: 'batas {limit}'}\n",
+         "too_large_texts has no text for language 'en'"),
     ],
 )
 def test_invalid_configuration_is_refused(tmp_path: Path, text: str, says: str) -> None:

@@ -92,8 +92,10 @@ class FetchError(Exception):
 class TooLarge(FetchError):
     """The file is larger than the provider lets us download, or than we keep."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, limit_bytes: int | None = None) -> None:
         super().__init__(message, retryable=False)
+        #: The provider's own download limit, when it is what the file exceeds.
+        self.limit_bytes = limit_bytes
 
 
 class Adapter(abc.ABC):

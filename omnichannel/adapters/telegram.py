@@ -22,8 +22,11 @@ from omnichannel.adapters.base import (
     Adapter,
     Capabilities,
     ChannelDisabled,
+    Download,
+    FetchError,
     PayloadError,
     SignatureError,
+    TooLarge,
     WebhookRequest,
 )
 from omnichannel.delivery import DeliveryError, Outgoing
@@ -42,6 +45,10 @@ START_TEXT = (
     "membantu. Setiap laporan mendapat nomor pelacakan dan diteruskan ke dinas yang berwenang."
 )
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
+#: How `Attachment.url` names a file Telegram holds (fetched later through `getFile`).
+FILE_PREFIX = "telegram-file:"
+#: The Bot API's `getFile` refuses larger files.
+BOT_API_DOWNLOAD_LIMIT = 20 * 1000 * 1000
 
 
 class TelegramAdapter(Adapter):
@@ -127,14 +134,14 @@ class TelegramAdapter(Adapter):
         if message.photo:
             largest = message.photo[-1]  # Telegram lists sizes smallest first
             attachments.append(Attachment(content_type="image/jpeg", size=largest.file_size,
-                                          url=f"telegram-file:{largest.file_id}"))
+                                          url=FILE_PREFIX + largest.file_id))
         for media, default_type in ((message.document, "application/octet-stream"),
                                     (message.voice, "audio/ogg"),
                                     (message.video, "video/mp4")):
             if media is not None:
                 attachments.append(Attachment(
                     content_type=getattr(media, "mime_type", None) or default_type,
-                    size=media.file_size, url=f"telegram-file:{media.file_id}",
+                    size=media.file_size, url=FILE_PREFIX + media.file_id,
                     filename=getattr(media, "file_name", None),
                 ))
         location = None
@@ -170,6 +177,27 @@ class TelegramAdapter(Adapter):
                                 retryable=True) from exc
         # Message ids count per chat, and share a chat's sequence with the citizen's own.
         return f"{sent.chat.id}:{sent.message_id}"
+
+    async def fetch(self, account: str, url: str, *, max_bytes: int) -> Download:
+        """`getFile`, then the download: `url` is `telegram-file:<file id>`."""
+        bot = self._clients.get(account)
+        if bot is None or not url.startswith(FILE_PREFIX):
+            raise FetchError(f"no Telegram bot {account!r} holds {url!r}", retryable=False)
+        try:
+            file = await bot.get_file(url.removeprefix(FILE_PREFIX))
+            if file.file_size is not None and file.file_size > max_bytes:
+                raise TooLarge(f"{file.file_size} bytes, over the {max_bytes} byte limit")
+            content = bytes(await file.download_as_bytearray())
+        except BadRequest as exc:
+            if "too big" in str(exc).lower():
+                raise TooLarge(f"Telegram bots cannot download files over 20 MB: {exc}",
+                               limit_bytes=BOT_API_DOWNLOAD_LIMIT) from exc
+            raise FetchError(f"Telegram refused the file: {exc}", retryable=False) from exc
+        except (Forbidden, InvalidToken) as exc:
+            raise FetchError(f"Telegram refused the file: {exc}", retryable=False) from exc
+        except TelegramError as exc:
+            raise FetchError(f"Telegram unreachable or failing: {exc}", retryable=True) from exc
+        return Download(content=content)
 
     async def close(self) -> None:
         """Close every bot's HTTP client."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.helpers import content_disposition_header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from omnichannel.adapters.api import describe_errors
@@ -215,6 +217,41 @@ async def set_status(request: web.Request) -> web.Response:
     if not found:
         fail(404, f"conversation {conversation_id} does not exist")
     return json_response({"id": conversation_id, "status": body.status.value})
+
+
+#: A media type safe to echo back in a header (providers and citizens choose these).
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&.+^_-]*/[a-z0-9][a-z0-9!#$&.+^_-]*")
+
+
+@routes.get("/api/v1/messages/{id}/attachments/{position}")
+async def attachment(request: web.Request) -> web.StreamResponse:
+    """A file the citizen sent, once fetched from the provider into the store."""
+    engine = _engine(request)
+    message_id = _int(request.match_info["id"], "message id")
+    position = _int(request.match_info["position"], "attachment position")
+    assert message_id is not None and position is not None
+    async with engine.db.api.connect() as conn:
+        message = await outbound.outbound_message(conn, message_id)
+    if message is None or position >= len(message["attachments"] or []):
+        fail(404, f"message {message_id} has no attachment {position}")
+    entry = message["attachments"][position]
+    path = engine.blobs.path(entry.get("blob_id") or "")
+    if path is None:
+        state = entry.get("status", "pending")
+        fail(404, f"attachment {position} of message {message_id} is not stored ({state})",
+             fetch_status=state)
+    content_type = (entry.get("content_type") or "").lower()
+    if not _MEDIA_TYPE.fullmatch(content_type):
+        content_type = "application/octet-stream"
+    filename = entry.get("filename") or f"attachment-{message_id}-{position}"
+    return web.FileResponse(path, headers={
+        "Content-Type": content_type,
+        # A citizen's file must never run as a page of this origin.
+        "Content-Disposition": content_disposition_header("attachment", filename=filename),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+        "Cache-Control": "private, max-age=3600",
+    })
 
 
 @routes.get("/api/v1/events")

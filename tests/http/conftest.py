@@ -61,6 +61,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
         if url is None:
             url = await new_database_url(store, tmp_path)
             urls.append(url)
+        overrides.setdefault("attachments_path", tmp_path / "attachments")
         client: TestClient[Any, Any] = TestClient(
             TestServer(build_app(settings_for(url, **overrides)))
         )
