@@ -53,11 +53,11 @@ class Engine:
         self._http: aiohttp.ClientSession | None = None
         # Filled at start, when the HTTP client the adapters share can be made in the loop.
         self.adapters: dict[str, Adapter] = {}
+        self.blobs = BlobStore(settings.attachments_path)
         self.deliverer = Deliverer(
-            self.db, self.sender_of, make_work_queues(self.bus),
+            self.db, self.sender_of, make_work_queues(self.bus), self.blobs,
             attempts=settings.delivery_attempts, timeout_s=settings.delivery_timeout_s,
         )
-        self.blobs = BlobStore(settings.attachments_path)
         self.fetcher = Fetcher(
             self.db, self.sender_of, self.blobs, max_bytes=settings.max_attachment_bytes,
             attempts=settings.delivery_attempts, timeout_s=settings.fetch_timeout_s,

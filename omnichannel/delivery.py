@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import structlog
 
 from omnichannel import metrics
+from omnichannel.blobs import BlobStore
 from omnichannel.bus.base import BusError
 from omnichannel.bus.work import WorkQueues
 from omnichannel.model import DeliveryStatus, Template
@@ -21,6 +22,20 @@ from omnichannel.store.database import Database
 from omnichannel.store.tables import utcnow
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFile:
+    """A file an agent sends with a reply (e.g. the photo of the finished repair)."""
+
+    content: bytes
+    content_type: str
+    filename: str | None = None
+
+    @property
+    def is_image(self) -> bool:
+        """Whether channels can show it inline as a photo."""
+        return self.content_type in {"image/jpeg", "image/png", "image/gif", "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +51,8 @@ class Outgoing:
     text: str
     #: Set when the reply is an approved template rather than free text.
     template: Template | None = None
+    #: Files sent with the reply, the text as their caption where the channel has captions.
+    files: tuple[OutgoingFile, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -76,10 +93,11 @@ class Deliverer:
     """
 
     def __init__(
-        self, db: Database, senders: SenderLookup, queues: WorkQueues, *, attempts: int,
-        timeout_s: float, backoff_s: float = 0.5,
+        self, db: Database, senders: SenderLookup, queues: WorkQueues, blobs: BlobStore, *,
+        attempts: int, timeout_s: float, backoff_s: float = 0.5,
     ) -> None:
         self._db = db
+        self._blobs = blobs
         self._senders = senders
         self._queues = queues
         self._attempts = attempts
@@ -152,12 +170,21 @@ class Deliverer:
         if target is None:
             return None
         template = (claimed["raw"] or {}).get("template")
+        files = []
+        for entry in claimed["attachments"] or []:
+            path = self._blobs.path(entry["blob_id"])
+            if path is None:
+                raise DeliveryError(f"the file {entry['blob_id']} is no longer stored",
+                                    retryable=False)
+            files.append(OutgoingFile(await asyncio.to_thread(path.read_bytes),
+                                      entry["content_type"], entry.get("filename")))
         return Outgoing(
             message_id=claimed["id"], conversation_id=target.id,
             tracking_number=target.tracking_number, channel=claimed["channel"],
             account=claimed["account"], recipient=target.sender_id, text=claimed["text"],
             template=Template(template["name"], template["language"],
                               tuple(template["parameters"])) if template else None,
+            files=tuple(files),
         )
 
     async def _record(self, message_id: int, status: DeliveryStatus, attempts: int,
@@ -190,7 +217,11 @@ class Deliverer:
 
     async def _send(self, claimed: dict[str, Any]) -> None:
         message_id = claimed["id"]
-        outgoing = await self._outgoing(claimed)
+        try:
+            outgoing = await self._outgoing(claimed)
+        except DeliveryError as exc:
+            await self._record(message_id, DeliveryStatus.FAILED, 0, str(exc))
+            return
         sender = self._senders(claimed["channel"], claimed["account"])
         if outgoing is None or sender is None:
             await self._record(message_id, DeliveryStatus.FAILED, 0,

@@ -47,6 +47,8 @@ START_TEXT = (
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 #: How `Attachment.url` names a file Telegram holds (fetched later through `getFile`).
 FILE_PREFIX = "telegram-file:"
+#: Longest caption of a photo or document; a longer reply text goes first as its own message.
+CAPTION_LIMIT = 1024
 #: The Bot API's `getFile` refuses larger files.
 BOT_API_DOWNLOAD_LIMIT = 20 * 1000 * 1000
 
@@ -160,13 +162,14 @@ class TelegramAdapter(Adapter):
         )
 
     async def send(self, message: Outgoing) -> str | None:
-        """`sendMessage` through the conversation's bot; returns `<chat id>:<message id>`."""
+        """`sendMessage` (or `sendPhoto`/`sendDocument` for files) through the conversation's
+        bot; returns `<chat id>:<message id>` of the first message sent."""
         bot = self._clients.get(message.account)
         if bot is None:
             raise DeliveryError(f"no Telegram bot is configured for {message.account!r}",
                                 retryable=False)
         try:
-            sent = await bot.send_message(chat_id=int(message.recipient), text=message.text)
+            sent = await self._send(bot, int(message.recipient), message)
         except RetryAfter as exc:
             raise DeliveryError(f"Telegram asks to retry after {exc.retry_after}",
                                 retryable=True) from exc
@@ -198,6 +201,27 @@ class TelegramAdapter(Adapter):
         except TelegramError as exc:
             raise FetchError(f"Telegram unreachable or failing: {exc}", retryable=True) from exc
         return Download(content=content)
+
+    async def _send(self, bot: Bot, chat_id: int, message: Outgoing) -> TgMessage:
+        """Text alone, or each file (photos inline) with the text as the first one's caption."""
+        if not message.files:
+            return await bot.send_message(chat_id=chat_id, text=message.text)
+        caption: str | None = message.text or None
+        first = None
+        if caption is not None and len(caption) > CAPTION_LIMIT:
+            first = await bot.send_message(chat_id=chat_id, text=caption)
+            caption = None
+        for file in message.files:
+            if file.is_image:
+                sent = await bot.send_photo(chat_id=chat_id, photo=file.content,
+                                            caption=caption, filename=file.filename)
+            else:
+                sent = await bot.send_document(chat_id=chat_id, document=file.content,
+                                               caption=caption, filename=file.filename)
+            first = first or sent
+            caption = None
+        assert first is not None
+        return first
 
     async def close(self) -> None:
         """Close every bot's HTTP client."""

@@ -30,6 +30,10 @@ routes = web.RouteTableDef()
 LIVE_BACKLOG = 10000
 
 
+#: A media type safe to echo back in a header (providers and citizens choose these).
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&.+^_-]*/[a-z0-9][a-z0-9!#$&.+^_-]*$")
+
+
 class TemplateRequest(BaseModel):
     """An approved template to send instead of free text (WhatsApp, outside its reply window)."""
 
@@ -40,19 +44,32 @@ class TemplateRequest(BaseModel):
     parameters: list[str] = Field(default_factory=list, max_length=20)
 
 
+class ReplyFile(BaseModel):
+    """A file uploaded with `POST /api/v1/attachments`, sent with a reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blob_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    content_type: str = Field(pattern=_MEDIA_TYPE.pattern, max_length=200)
+    filename: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class ReplyRequest(BaseModel):
-    """An agent's reply to the citizen: free text, or an approved template."""
+    """An agent's reply to the citizen: text and files, or an approved template."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = Field(default=None, min_length=1, max_length=4096)
     template: TemplateRequest | None = None
+    attachments: list[ReplyFile] = Field(default_factory=list, max_length=10)
     author: str = Field(default="agent", min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _text_or_template(self) -> ReplyRequest:
-        if (self.text is None) == (self.template is None):
-            raise ValueError("give either text or template")
+        if self.template is not None and (self.text is not None or self.attachments):
+            raise ValueError("a template is sent alone, without text or attachments")
+        if self.template is None and self.text is None and not self.attachments:
+            raise ValueError("give text, attachments or a template")
         return self
 
 
@@ -142,14 +159,21 @@ async def reply(request: web.Request) -> web.Response:
     if body.template is not None:
         t = body.template
         template = Template(name=t.name, language=t.language, parameters=tuple(t.parameters))
+    files = []
+    for file in body.attachments:
+        path = engine.blobs.path(file.blob_id)
+        if path is None:
+            fail(422, f"no uploaded file {file.blob_id}; upload it to /api/v1/attachments first")
+        files.append({**file.model_dump(), "size": path.stat().st_size, "status": "stored"})
     async with engine.db.write(engine.db.api) as conn:
         target = await queries.conversation_channel(conn, conversation_id)
         if target is None:
             fail(404, f"conversation {conversation_id} does not exist")
-        _check_channel_allows(engine, target, template)
+        _check_channel_allows(engine, target, template, bool(files))
         message = await outbound.add_outbound(
             conn, conversation_id, channel=target.channel, account=target.account,
-            text=body.text or _describe(template), author=body.author, template=template,
+            text=body.text or ("" if files else _describe(template)), author=body.author,
+            template=template, attachments=files,
         )
     engine.deliverer.submit(message["id"], target.channel)
     return json_response(message, status=202)
@@ -162,13 +186,17 @@ def _describe(template: Template | None) -> str:
     return " ".join([shown, *template.parameters])
 
 
-def _check_channel_allows(engine: Engine, target: Any, template: Template | None) -> None:
+def _check_channel_allows(
+    engine: Engine, target: Any, template: Template | None, files: bool
+) -> None:
     """Refuse, with a reason the inbox can show, what the conversation's channel cannot send."""
     adapter = engine.sender_of(target.channel, target.account)
     if adapter is None:
         fail(409, f"no adapter is configured to send on {target.channel} account "
                   f"{target.account!r}")
     capabilities = adapter.capabilities_of(target.channel)
+    if files and not capabilities.media:
+        fail(422, f"the {target.channel} channel cannot carry files; reply with text")
     if template is not None:
         if not capabilities.templates:
             fail(422, f"the {target.channel} channel does not send templates; reply with text")
@@ -181,6 +209,21 @@ def _check_channel_allows(engine: Engine, target: Any, template: Template | None
                       f"({window.total_seconds() / 3600:g} hours after the citizen's last "
                       "message); only an approved template can be sent until they write again",
                  reason="reply_window_closed", window_closed_at=closed_at.isoformat())
+
+
+@routes.post("/api/v1/attachments")
+async def upload(request: web.Request) -> web.Response:
+    """Keep a file an agent will send with a reply; the body is the file itself."""
+    engine = _engine(request)
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not _MEDIA_TYPE.fullmatch(content_type) or content_type.startswith("multipart/"):
+        fail(415, "send the file itself as the body, with its media type as Content-Type")
+    content = await read_body(request, engine.settings.max_attachment_bytes)
+    if not content:
+        fail(400, "the file is empty")
+    blob_id = await engine.blobs.put(content)
+    return json_response({"blob_id": blob_id, "content_type": content_type,
+                          "size": len(content)}, status=201)
 
 
 @routes.post("/api/v1/messages/{id}/retry")
@@ -217,10 +260,6 @@ async def set_status(request: web.Request) -> web.Response:
     if not found:
         fail(404, f"conversation {conversation_id} does not exist")
     return json_response({"id": conversation_id, "status": body.status.value})
-
-
-#: A media type safe to echo back in a header (providers and citizens choose these).
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&.+^_-]*/[a-z0-9][a-z0-9!#$&.+^_-]*")
 
 
 @routes.get("/api/v1/messages/{id}/attachments/{position}")

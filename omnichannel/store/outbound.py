@@ -33,6 +33,7 @@ _rank_of_current = sa.case(
 async def add_outbound(
     conn: AsyncConnection, conversation_id: int, *, channel: str, account: str, text: str,
     author: str, template: Template | None = None,
+    attachments: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Store an agent's reply as queued for delivery; a new conversation becomes open."""
     now = utcnow()
@@ -41,7 +42,8 @@ async def add_outbound(
             sa.insert(_message)
             .values(
                 conversation_id=conversation_id, direction=Direction.OUTBOUND.value,
-                channel=channel, account=account, author=author, text=text, attachments=[],
+                channel=channel, account=account, author=author, text=text,
+                attachments=list(attachments),
                 raw={"template": template.to_json()} if template else None,
                 sent_at=now, received_at=now, delivery_status=DeliveryStatus.QUEUED.value,
                 delivery_updated_at=now,
@@ -95,7 +97,7 @@ async def claim(
             .values(delivery_status=DeliveryStatus.SENDING.value,
                     delivery_lease_until=now + lease, delivery_updated_at=now)
             .returning(m.id, m.conversation_id, m.channel, m.account, m.text, m.raw,
-                       m.delivery_attempts)
+                       m.attachments, m.delivery_attempts)
         )
     ).first()
     return dict(row._mapping) if row else None

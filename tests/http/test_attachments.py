@@ -164,3 +164,97 @@ async def _sent(fake: FakeBotApi, count: int) -> bool:
 
 async def _tried(fake: FakeBotApi, failures: int) -> bool:
     return len(fake.get_file_errors) <= 50 - failures
+
+
+async def upload(client: TestClient[Any, Any], content: bytes, content_type: str) -> str:
+    resp = await client.post("/api/v1/attachments", data=content,
+                             headers={**AGENT_AUTH, "Content-Type": content_type})
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert body["size"] == len(content)
+    blob_id: str = body["blob_id"]
+    return blob_id
+
+
+async def test_an_agent_sends_the_after_photo_and_a_report_through_telegram(
+    make_client: MakeClient,
+) -> None:
+    received: list[tuple[str, bytes]] = []
+
+    async def send_file(request: web.Request) -> web.Response:
+        received.append((request.path.rsplit("/", 1)[1], await request.read()))
+        return web.json_response(TELEGRAM.provider_reply(200))
+
+    app = web.Application()
+    app.router.add_post(f"/bot{BOT_TOKEN}/sendPhoto", send_file)
+    app.router.add_post(f"/bot{BOT_TOKEN}/sendDocument", send_file)
+    files_api = TestServer(app, host="127.0.0.1")
+    await files_api.start_server()
+    try:
+        client = await make_client(telegram_bots=BOTS,
+                                   telegram_api_url=str(files_api.make_url("")).rstrip("/"))
+        resp = await client.post("/webhooks/telegram", data=TELEGRAM.fixtures[0][0].body,
+                                 headers=dict(TELEGRAM.fixtures[0][0].headers))
+        assert resp.status == 200
+        [conv] = await conversations(client)
+        after = await upload(client, b"\x89PNG after the repair", "image/png")
+        report = await upload(client, b"%PDF-1.7 berita acara", "application/pdf")
+        resp = await client.post(
+            f"/api/v1/conversations/{conv['id']}/messages", headers=AGENT_AUTH,
+            json={"text": "Sampah sudah diangkut, ini fotonya.", "attachments": [
+                {"blob_id": after, "content_type": "image/png", "filename": "sesudah.png"},
+                {"blob_id": report, "content_type": "application/pdf",
+                 "filename": "berita-acara.pdf"}]})
+        assert resp.status == 202, await resp.text()
+        await wait_for(lambda: _count(received, 2))
+        (photo_method, photo), (doc_method, document) = received
+        assert photo_method == "sendPhoto" and doc_method == "sendDocument"
+        assert b"after the repair" in photo and b"Sampah sudah diangkut" in photo
+        assert b"berita acara" in document and b"berita-acara.pdf" in document
+        assert b"Sampah sudah diangkut" not in document  # the caption goes with the first
+    finally:
+        await files_api.close()
+
+
+async def test_uploads_and_replies_with_files_are_checked(
+    make_client: MakeClient, bot_api: FakeBotApi
+) -> None:
+    client = await make_client(telegram_bots=BOTS, telegram_api_url=bot_api.url,
+                               max_attachment_bytes=100)
+    resp = await client.post("/api/v1/attachments", data=b"x" * 101,
+                             headers={**AGENT_AUTH, "Content-Type": "image/png"})
+    assert resp.status == 413
+    resp = await client.post("/api/v1/attachments", data=b"abc",
+                             headers={**AGENT_AUTH, "Content-Type": "text/html; x=<script>"})
+    assert resp.status == 201  # the media type's parameters are not kept
+    resp = await client.post("/api/v1/attachments", data=b"abc",
+                             headers={**AGENT_AUTH, "Content-Type": "not a type"})
+    assert resp.status == 415
+    resp = await client.post("/api/v1/attachments", data=b"",
+                             headers={**AGENT_AUTH, "Content-Type": "image/png"})
+    assert resp.status == 400
+    resp = await client.post("/api/v1/attachments", data=b"abc",
+                             headers={"Content-Type": "image/png"})
+    assert resp.status == 401
+
+    await client.post("/webhooks/telegram", data=TELEGRAM.fixtures[0][0].body,
+                      headers=dict(TELEGRAM.fixtures[0][0].headers))
+    [conv] = await conversations(client)
+    path = f"/api/v1/conversations/{conv['id']}/messages"
+    unknown = {"blob_id": "0" * 64, "content_type": "image/png"}
+    resp = await client.post(path, json={"attachments": [unknown]}, headers=AGENT_AUTH)
+    assert resp.status == 422
+    assert "upload it" in (await resp.json())["error"]
+    resp = await client.post(path, json={"template": {"name": "laporan_selesai"}},
+                             headers=AGENT_AUTH)
+    assert resp.status == 422
+    assert "does not send templates" in (await resp.json())["error"]
+    resp = await client.post(path, json={"template": {"name": "x"}, "text": "y"},
+                             headers=AGENT_AUTH)
+    assert resp.status == 422
+    resp = await client.post(path, json={}, headers=AGENT_AUTH)
+    assert resp.status == 422
+
+
+async def _count(items: list[Any], count: int) -> bool:
+    return len(items) >= count

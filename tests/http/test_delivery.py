@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -154,3 +155,22 @@ async def _received(callback: CallbackRecorder, count: int) -> bool:
 async def _all_sent(client: TestClient[Any, Any], conv_id: int) -> bool:
     messages = (await conversation(client, conv_id))["messages"]
     return all(m["delivery_status"] == "sent" for m in messages if m["direction"] == "outbound")
+
+
+async def test_files_of_a_reply_reach_the_api_callback(
+    make_client: MakeClient, callback: CallbackRecorder
+) -> None:
+    client = await make_client(api_callback_url=callback.url)
+    upload = await client.post("/api/v1/attachments", data=b"%PDF-1.7 surat",
+                               headers={**AGENT_AUTH, "Content-Type": "application/pdf"})
+    blob_id = (await upload.json())["blob_id"]
+    conv_id = (await post(client))["conversation_id"]
+    resp = await client.post(f"/api/v1/conversations/{conv_id}/messages", headers=AGENT_AUTH,
+                             json={"attachments": [{"blob_id": blob_id,
+                                                    "content_type": "application/pdf",
+                                                    "filename": "surat.pdf"}]})
+    assert resp.status == 202, await resp.text()
+    await wait_for_delivery(client, conv_id, "sent")
+    [sent] = callback.received[-1]["attachments"]
+    assert base64.b64decode(sent["content_base64"]) == b"%PDF-1.7 surat"
+    assert (sent["content_type"], sent["filename"]) == ("application/pdf", "surat.pdf")
