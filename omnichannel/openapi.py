@@ -139,6 +139,16 @@ def openapi_document() -> dict[str, Any]:
                               "400": _error("id or position is not an integer in range"),
                               **_AUTH_ERRORS},
             }},
+            "/api/v1/attachments": {"post": {
+                "summary": "Upload a file to send with a reply; the body is the file itself",
+                "security": bearer,
+                "requestBody": {"required": True, "content": {"*/*": {
+                    "schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"201": _ok("kept: `blob_id`, `content_type`, `size`"),
+                              "400": _error("empty file"),
+                              "413": _error("over `max_attachment_bytes`"),
+                              "415": _error("no usable Content-Type"), **_AUTH_ERRORS},
+            }},
             "/api/v1/messages/{id}/retry": {"post": {
                 "summary": "Send a failed reply again",
                 "security": bearer, "parameters": [_ID],
