@@ -28,7 +28,7 @@ from tests.adapters.kits import (
     whatsapp_value,
 )
 from tests.http.conftest import AGENT_AUTH, MakeClient
-from tests.http.test_agent_api import conversation, wait_for_delivery
+from tests.http.test_agent_api import conversation, wait_for, wait_for_delivery
 
 STORES = ["sqlite", "postgresql"]
 SETTINGS: dict[str, Any] = {"whatsapp_accounts": WA_ACCOUNTS,
@@ -230,11 +230,21 @@ async def test_agent_reply_reaches_the_graph_api_as_the_documented_json(
                              json={"text": "Petugas DLHP menuju Batu Merah."},
                              headers=AGENT_AUTH)
     assert resp.status == 202
-    await wait_for_delivery(client, conv["id"], "sent")
-    acknowledgement, reply = (orjson.loads(r.body) for r in graph.sent())
+
+    async def both_sent() -> bool:
+        messages = (await conversation(client, conv["id"]))["messages"]
+        outbound = [m for m in messages if m["direction"] == "outbound"]
+        return len(outbound) == 2 and all(m["delivery_status"] == "sent" for m in outbound)
+
+    # The acknowledgement and the reply are delivered concurrently: in either order.
+    await wait_for(both_sent)
+    bodies = [orjson.loads(r.body) for r in graph.sent()]
+    [acknowledgement] = [b for b in bodies if conv["tracking_number"] in b["text"]["body"]]
+    [reply] = [b for b in bodies if b is not acknowledgement]
     # The first message was acknowledged with its tracking number and OPD...
-    assert conv["tracking_number"] in acknowledgement["text"]["body"]
-    # ...and the agent's reply followed, from the same number to the same citizen.
+    assert "Dinas Lingkungan Hidup" in acknowledgement["text"]["body"]
+    assert acknowledgement["to"] == WA_CITIZEN
+    # ...and the agent's reply went from the same number to the same citizen.
     assert reply == {"messaging_product": "whatsapp", "recipient_type": "individual",
                      "to": WA_CITIZEN, "type": "text",
                      "text": {"preview_url": False, "body": "Petugas DLHP menuju Batu Merah."}}
