@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     whatsapp_verify_token: SecretStr | None = None
     #: The Graph API's base URL (a fake in tests).
     whatsapp_api_url: str = "https://graph.facebook.com"
+    #: Graph API version in every request path; Meta keeps each for about two years.
     whatsapp_api_version: str = Field(default="v26.0", pattern=r"^v\d+\.\d+$")
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
