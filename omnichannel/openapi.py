@@ -95,6 +95,44 @@ def openapi_document() -> dict[str, Any]:
                               "413": _error("body too large"),
                               "503": _error("no bot configured")},
             }},
+            "/webhooks/whatsapp": {
+                "get": {
+                    "summary": "WhatsApp Cloud API subscription handshake (Meta's dashboard)",
+                    "parameters": [
+                        {"name": "hub.mode", "in": "query", "required": True,
+                         "schema": {"type": "string", "enum": ["subscribe"]}},
+                        {"name": "hub.verify_token", "in": "query", "required": True,
+                         "schema": {"type": "string"},
+                         "description": "must equal whatsapp_verify_token"},
+                        {"name": "hub.challenge", "in": "query", "required": True,
+                         "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "hub.challenge, echoed",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "403": _error("wrong hub.mode or hub.verify_token"),
+                        "503": _error("no app secret or phone number configured"),
+                    },
+                },
+                "post": {
+                    "summary": "WhatsApp Cloud API webhook: citizens' messages and delivery "
+                               "statuses, for every configured phone number",
+                    "parameters": [{"name": "X-Hub-Signature-256", "in": "header",
+                                    "required": True, "schema": {"type": "string"},
+                                    "description": "sha256=<hex HMAC-SHA256 of the body with "
+                                                   "the app secret>"}],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "description":
+                                   "https://developers.facebook.com/documentation/"
+                                   "business-messaging/whatsapp/webhooks/reference/messages"}}}},
+                    "responses": {"200": _ok("stored durably (messages and statuses)"),
+                                  "400": _error("malformed JSON"),
+                                  "403": _error("missing, malformed or wrong signature"),
+                                  "413": _error("body too large"),
+                                  "422": _error("not a WhatsApp notification"),
+                                  "503": _error("no app secret or phone number configured")},
+                },
+            },
             "/api/v1/conversations": {"get": {
                 "summary": "List conversations, newest first",
                 "security": bearer,

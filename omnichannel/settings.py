@@ -61,6 +61,18 @@ class TelegramBot(BaseModel):
         return value
 
 
+class WhatsAppAccount(BaseModel):
+    """One WhatsApp business phone number: its account name here, its id and token at Meta."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=200)
+    #: The phone number's id in the Cloud API (not the phone number itself); webhooks name it.
+    phone_number_id: str = Field(pattern=r"^[0-9]{1,32}$")
+    #: A system user's access token with the whatsapp_business_messaging permission.
+    access_token: SecretStr
+
+
 class Settings(BaseSettings):
     """Every setting of the engine; environment variables win over the YAML file."""
 
@@ -92,6 +104,18 @@ class Settings(BaseSettings):
     telegram_bots: list[TelegramBot] = Field(default_factory=list)
     #: The Bot API's base URL (a local Bot API server, or a fake in tests).
     telegram_api_url: str = "https://api.telegram.org"
+    #: WhatsApp Cloud API phone numbers; set them in the environment as JSON, e.g.
+    #: OMNICHANNEL_WHATSAPP_ACCOUNTS='[{"account": "lapor", "phone_number_id": "1065...",
+    #: "access_token": "..."}]'
+    whatsapp_accounts: list[WhatsAppAccount] = Field(default_factory=list)
+    #: The Meta app's secret: webhooks are signed with it (`X-Hub-Signature-256`).
+    whatsapp_app_secret: SecretStr | None = None
+    #: Chosen by us and entered in Meta's dashboard; Meta echoes it in the GET handshake.
+    whatsapp_verify_token: SecretStr | None = None
+    #: The Graph API's base URL (a fake in tests).
+    whatsapp_api_url: str = "https://graph.facebook.com"
+    #: Graph API version in every request path; Meta keeps each for about two years.
+    whatsapp_api_version: str = Field(default="v26.0", pattern=r"^v\d+\.\d+$")
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
     #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).
@@ -122,7 +146,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
-    @field_validator("api_token", "agent_token")
+    @field_validator("api_token", "agent_token", "whatsapp_app_secret", "whatsapp_verify_token")
     @classmethod
     def _refuse_example_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
@@ -135,6 +159,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _whatsapp_accounts_unique(self) -> Settings:
+        for field in ("account", "phone_number_id"):
+            values = [getattr(a, field) for a in self.whatsapp_accounts]
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"whatsapp_accounts: {field} must be unique ({repeated})")
+        return self
 
     @model_validator(mode="after")
     def _acknowledgement_texts_render(self) -> Settings:

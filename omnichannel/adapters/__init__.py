@@ -9,6 +9,7 @@ import aiohttp
 from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter
 from omnichannel.adapters.telegram import TelegramAdapter
+from omnichannel.adapters.whatsapp import WhatsAppAdapter
 from omnichannel.settings import Settings
 
 #: How to build each channel's adapter from the settings; one adapter serves every account
@@ -23,6 +24,12 @@ REGISTRY: dict[str, Factory] = {
     TelegramAdapter.name: lambda settings, _session: TelegramAdapter(
         settings.telegram_bots, api_url=settings.telegram_api_url,
         timeout_s=settings.delivery_timeout_s, phone_region=settings.phone_region,
+    ),
+    WhatsAppAdapter.name: lambda settings, session: WhatsAppAdapter(
+        settings.whatsapp_accounts, app_secret=settings.whatsapp_app_secret,
+        verify_token=settings.whatsapp_verify_token, session=session,
+        api_url=settings.whatsapp_api_url, api_version=settings.whatsapp_api_version,
+        timeout_s=settings.delivery_timeout_s,
     ),
 }
 
