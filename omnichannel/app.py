@@ -12,11 +12,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from omnichannel import metrics
-from omnichannel.adapters import CHANNELS, REGISTRY, Adapter, ServingSender
+from omnichannel.adapters import REGISTRY, Adapter
 from omnichannel.adapters.webhook import handle_webhook
 from omnichannel.appkeys import ENGINE
+from omnichannel.blobs import BlobStore
 from omnichannel.bus import Bus, Subscription, make_bus
-from omnichannel.delivery import Deliverer, Sender
+from omnichannel.bus.work import make_work_queues
+from omnichannel.delivery import Deliverer
+from omnichannel.fetcher import Fetcher
 from omnichannel.http import fail, json_response, require_bearer
 from omnichannel.inbox.api import routes as inbox_routes
 from omnichannel.model import InboundMessage, RouteDecision, RoutedEvent, StatusUpdate
@@ -50,10 +53,16 @@ class Engine:
         self._http: aiohttp.ClientSession | None = None
         # Filled at start, when the HTTP client the adapters share can be made in the loop.
         self.adapters: dict[str, Adapter] = {}
-        self._senders: dict[str, Sender] = {}
+        self.blobs = BlobStore(settings.attachments_path)
         self.deliverer = Deliverer(
-            self.db, self._senders, attempts=settings.delivery_attempts,
-            timeout_s=settings.delivery_timeout_s,
+            self.db, self.sender_of, make_work_queues(self.bus), self.blobs,
+            attempts=settings.delivery_attempts, timeout_s=settings.delivery_timeout_s,
+        )
+        self.fetcher = Fetcher(
+            self.db, self.sender_of, self.blobs, max_bytes=settings.max_attachment_bytes,
+            attempts=settings.delivery_attempts, timeout_s=settings.fetch_timeout_s,
+            too_large_text=settings.too_large_texts[settings.language],
+            deliver=self.deliverer.submit,
         )
         # SQLite has one writer at a time: more writer tasks would only queue for its lock.
         writers = 1 if settings.is_sqlite else settings.ingest_writers
@@ -62,8 +71,19 @@ class Engine:
         self.pipeline = IngestPipeline(
             self.db, ingestor, self.publisher, batch_size=settings.ingest_batch_size,
             workers=writers,
-            on_outbound=self.deliverer.submit,
+            on_outbound=self.deliverer.submit, on_fetch=self.fetcher.submit,
         )
+
+    def sender_of(self, channel: str, account: str) -> Adapter | None:
+        """The adapter that carries replies in conversations of `channel` and `account`."""
+        for adapter in self.adapters.values():
+            if adapter.serves(channel, account):
+                return adapter
+        return None
+
+    def channels(self) -> set[str]:
+        """Every channel the adapters carry replies on (a work queue each)."""
+        return {c for adapter in self.adapters.values() for c in adapter.carries()}
 
     def _acknowledgement(self, message: InboundMessage, tracking: str, queue: str) -> str | None:
         """The reply to a conversation's first message: its tracking number and OPD."""
@@ -130,14 +150,10 @@ class Engine:
         )
         for name, build in REGISTRY.items():
             self.adapters[name] = build(self.settings, self._http)
-        # A reply leaves through the adapter that serves its channel and account: Twilio's
-        # sms and whatsapp conversations are named after no adapter.
-        serving = ServingSender(self.adapters)
-        for channel in CHANNELS:
-            self._senders[channel] = serving
         await self.publisher.start()
         await self.pipeline.start()
-        await self.deliverer.start()
+        await self.deliverer.start(sorted(self.channels()))
+        await self.fetcher.start()
         log.info("engine_started", database=self.db.dialect,
                  bus="rabbitmq" if self.settings.broker_url else "in-process",
                  opds=len(self.rules.opds))
@@ -158,6 +174,7 @@ class Engine:
         """Stop taking messages, publish what was stored, then release every resource."""
         await self.pipeline.stop()
         await self.publisher.stop()
+        await self.fetcher.stop()
         await self.deliverer.stop()
         for adapter in self.adapters.values():
             await adapter.close()

@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
 
 from omnichannel import metrics
+from omnichannel.blobs import BlobStore
+from omnichannel.bus.base import BusError
+from omnichannel.bus.work import WorkQueues
 from omnichannel.model import DeliveryStatus, Template
 from omnichannel.store import outbound, queries
 from omnichannel.store.database import Database
+from omnichannel.store.tables import utcnow
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFile:
+    """A file an agent sends with a reply (e.g. the photo of the finished repair)."""
+
+    content: bytes
+    content_type: str
+    filename: str | None = None
+
+    @property
+    def is_image(self) -> bool:
+        """Whether channels can show it inline as a photo."""
+        return self.content_type in {"image/jpeg", "image/png", "image/gif", "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +51,8 @@ class Outgoing:
     text: str
     #: Set when the reply is an approved template rather than free text.
     template: Template | None = None
+    #: Files sent with the reply, the text as their caption where the channel has captions.
+    files: tuple[OutgoingFile, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -52,53 +74,117 @@ class Sender(Protocol):
     async def send(self, message: Outgoing) -> str | None: ...
 
 
+#: Finds the sender of replies in conversations of a channel and account.
+SenderLookup = Callable[[str, str], "Sender | None"]
+
+#: How long past its own timeout and backoff a send stays claimed: a claim older than that
+#: belongs to a worker that died.
+LEASE_MARGIN_S = 5.0
+
+#: Times a worker waits for another's claim to lapse before leaving the message to it.
+CLAIM_WAITS = 3
+
+
 class Deliverer:
-    """Sends queued replies with retries and exponential backoff; resumes them after restart."""
+    """Sends queued replies through their channel's work queue, with retries and backoff.
+
+    Each message is claimed before it is sent, so however many workers, redeliveries and
+    restarts race for it, one sends it; a claim lapses if its worker dies mid-send.
+    """
 
     def __init__(
-        self, db: Database, senders: dict[str, Sender], *, attempts: int, timeout_s: float,
-        backoff_s: float = 0.5,
+        self, db: Database, senders: SenderLookup, queues: WorkQueues, blobs: BlobStore, *,
+        attempts: int, timeout_s: float, backoff_s: float = 0.5,
     ) -> None:
         self._db = db
+        self._blobs = blobs
         self._senders = senders
+        self._queues = queues
         self._attempts = attempts
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        """Resume every reply that was queued but not delivered when the engine stopped."""
+    async def start(self, channels: Sequence[str]) -> None:
+        """Consume every channel's queue and resume replies left unsent by a stop or a crash."""
+        await self._queues.start(channels, self.deliver)
         async with self._db.api.connect() as conn:
             pending = await outbound.unsent(conn)
-        for message_id in pending:
-            self.submit(message_id)
+        for message_id, channel in pending:
+            self.submit(message_id, channel)
 
-    def submit(self, message_id: int) -> None:
-        """Deliver a stored outbound message in the background."""
-        task = asyncio.create_task(self._deliver(message_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def submit(self, message_id: int, channel: str) -> None:
+        """Queue a stored outbound message for delivery (in the background)."""
+        task = asyncio.create_task(self._put(message_id, channel))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _put(self, message_id: int, channel: str) -> None:
+        try:
+            await self._queues.put(channel, message_id)
+        except BusError as exc:
+            # The reply stays queued in the database and is queued again at the next start.
+            log.error("reply_not_queued", message_id=message_id, error=str(exc))
 
     async def stop(self) -> None:
-        """Cancel deliveries in flight; they stay queued and resume at the next start."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
+        """Stop sending; replies in progress go back to `queued` and resume at the next start."""
+        for task in list(self._publishing):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._queues.close()
 
-    async def _outgoing(self, message_id: int) -> Outgoing | None:
-        async with self._db.api.connect() as conn:
-            msg = await outbound.outbound_message(conn, message_id)
-            if msg is None:
+    def _lease(self, attempt: int) -> timedelta:
+        return timedelta(seconds=self._timeout_s * 2 + self._backoff_s * 2**attempt
+                         + LEASE_MARGIN_S)
+
+    async def _claim(self, message_id: int) -> dict[str, Any] | None:
+        # Waiting for an earlier reply of the conversation is bounded: past that, sending out
+        # of order beats not sending (an item taken from the queue is not offered again).
+        patience = self._attempts * (self._timeout_s + self._backoff_s * 2**self._attempts)
+        waited = 0.0
+        claim_waits = 0
+        while True:
+            async with self._db.write(self._db.api) as conn:
+                claimed = await outbound.claim(conn, message_id, self._lease(0),
+                                               in_order=waited < patience)
+                if claimed is not None:
+                    return claimed
+                state, lapses = await outbound.unsent_state(conn, message_id)
+            if state == "done":
                 return None
-            target = await queries.conversation_channel(conn, msg["conversation_id"])
+            if state == "claimed":
+                # Another worker holds it, or held it and died: look again once the claim
+                # lapses, and leave it to that worker if it keeps renewing it.
+                claim_waits += 1
+                if claim_waits > CLAIM_WAITS or lapses is None:
+                    return None
+                pause = max(0.0, (lapses - utcnow()).total_seconds()) + 0.05
+            else:
+                pause = min(1.0, 0.02 + waited / 4)
+            await asyncio.sleep(pause)
+            waited += pause
+
+    async def _outgoing(self, claimed: dict[str, Any]) -> Outgoing | None:
+        async with self._db.api.connect() as conn:
+            target = await queries.conversation_channel(conn, claimed["conversation_id"])
         if target is None:
             return None
+        template = (claimed["raw"] or {}).get("template")
+        files = []
+        for entry in claimed["attachments"] or []:
+            path = self._blobs.path(entry["blob_id"])
+            if path is None:
+                raise DeliveryError(f"the file {entry['blob_id']} is no longer stored",
+                                    retryable=False)
+            files.append(OutgoingFile(await asyncio.to_thread(path.read_bytes),
+                                      entry["content_type"], entry.get("filename")))
         return Outgoing(
-            message_id=message_id, conversation_id=target.id,
-            tracking_number=target.tracking_number, channel=target.channel,
-            account=target.account, recipient=target.sender_id, text=msg["text"],
+            message_id=claimed["id"], conversation_id=target.id,
+            tracking_number=target.tracking_number, channel=claimed["channel"],
+            account=claimed["account"], recipient=target.sender_id, text=claimed["text"],
+            template=Template(template["name"], template["language"],
+                              tuple(template["parameters"])) if template else None,
+            files=tuple(files),
         )
 
     async def _record(self, message_id: int, status: DeliveryStatus, attempts: int,
@@ -106,28 +192,46 @@ class Deliverer:
         try:
             async with self._db.write(self._db.api) as conn:
                 await outbound.record_delivery(conn, message_id, status=status,
-                                              attempts=attempts, error=error,
-                                              external_id=external_id)
+                                               attempts=attempts, error=error,
+                                               external_id=external_id)
         except sa.exc.IntegrityError:
             # The provider gave an id another message already has: the send happened all the
-            # same, and a reply left `queued` would be sent twice after a restart.
+            # same, and a reply left claimed would be sent twice after a restart.
             log.warning("provider_id_conflict", message_id=message_id, external_id=external_id)
             async with self._db.write(self._db.api) as conn:
                 await outbound.record_delivery(conn, message_id, status=status,
-                                              attempts=attempts, error=error)
+                                               attempts=attempts, error=error)
 
-    async def _deliver(self, message_id: int) -> None:
-        outgoing = await self._outgoing(message_id)
-        if outgoing is None:
+    async def deliver(self, message_id: int) -> None:
+        """Send one reply unless it is sent or being sent; idempotent."""
+        claimed = await self._claim(message_id)
+        if claimed is None:
             return
-        sender = self._senders.get(outgoing.channel)
-        if sender is None:
+        try:
+            await self._send(claimed)
+        except asyncio.CancelledError:
+            # Stopping: hand the reply back so the next start (or another worker) sends it.
+            async with self._db.write(self._db.api) as conn:
+                await outbound.release(conn, message_id)
+            raise
+
+    async def _send(self, claimed: dict[str, Any]) -> None:
+        message_id = claimed["id"]
+        try:
+            outgoing = await self._outgoing(claimed)
+        except DeliveryError as exc:
+            await self._record(message_id, DeliveryStatus.FAILED, 0, str(exc))
+            return
+        sender = self._senders(claimed["channel"], claimed["account"])
+        if outgoing is None or sender is None:
             await self._record(message_id, DeliveryStatus.FAILED, 0,
-                               f"no sender is configured for channel {outgoing.channel!r}")
+                               f"no sender is configured for channel {claimed['channel']!r}, "
+                               f"account {claimed['account']!r}")
             return
         bound = log.bind(message_id=message_id, channel=outgoing.channel)
         error = ""
-        for attempt in range(1, self._attempts + 1):
+        first = claimed["delivery_attempts"] + 1
+        for attempt in range(first, first + self._attempts):
             try:
                 # Vendor clients do not all enforce their own timeouts: bound every call here.
                 async with asyncio.timeout(self._timeout_s):
@@ -144,10 +248,11 @@ class Deliverer:
                 return
             metrics.DELIVERIES.labels(outgoing.channel, "error").inc()
             bound.warning("reply_send_failed", attempt=attempt, error=error)
-            if not retryable:
+            if not retryable or attempt == first + self._attempts - 1:
                 break
-            if attempt < self._attempts:
-                await self._record(message_id, DeliveryStatus.QUEUED, attempt, error)
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+            async with self._db.write(self._db.api) as conn:
+                await outbound.extend(conn, message_id, attempts=attempt, error=error,
+                                      lease=self._lease(attempt))
+            await asyncio.sleep(self._backoff_s * 2 ** (attempt - first))
         await self._record(message_id, DeliveryStatus.FAILED, attempt, error)
         bound.error("reply_failed", attempts=attempt, error=error)

@@ -95,6 +95,44 @@ def openapi_document() -> dict[str, Any]:
                               "413": _error("body too large"),
                               "503": _error("no bot configured")},
             }},
+            "/webhooks/whatsapp": {
+                "get": {
+                    "summary": "WhatsApp Cloud API subscription handshake (Meta's dashboard)",
+                    "parameters": [
+                        {"name": "hub.mode", "in": "query", "required": True,
+                         "schema": {"type": "string", "enum": ["subscribe"]}},
+                        {"name": "hub.verify_token", "in": "query", "required": True,
+                         "schema": {"type": "string"},
+                         "description": "must equal whatsapp_verify_token"},
+                        {"name": "hub.challenge", "in": "query", "required": True,
+                         "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "hub.challenge, echoed",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "403": _error("wrong hub.mode or hub.verify_token"),
+                        "503": _error("no app secret or phone number configured"),
+                    },
+                },
+                "post": {
+                    "summary": "WhatsApp Cloud API webhook: citizens' messages and delivery "
+                               "statuses, for every configured phone number",
+                    "parameters": [{"name": "X-Hub-Signature-256", "in": "header",
+                                    "required": True, "schema": {"type": "string"},
+                                    "description": "sha256=<hex HMAC-SHA256 of the body with "
+                                                   "the app secret>"}],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "description":
+                                   "https://developers.facebook.com/documentation/"
+                                   "business-messaging/whatsapp/webhooks/reference/messages"}}}},
+                    "responses": {"200": _ok("stored durably (messages and statuses)"),
+                                  "400": _error("malformed JSON"),
+                                  "403": _error("missing, malformed or wrong signature"),
+                                  "413": _error("body too large"),
+                                  "422": _error("not a WhatsApp notification"),
+                                  "503": _error("no app secret or phone number configured")},
+                },
+            },
             "/webhooks/twilio": {"post": {
                 "summary": "Twilio webhook: inbound SMS and WhatsApp messages and status callbacks",
                 "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": True,
@@ -142,7 +180,39 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _json_body("ReplyRequest"),
                 "responses": {"202": _ok("queued for delivery"), "404": _error("no such id"),
                               "400": _error("bad id, or body not JSON"),
-                              "422": _error("invalid fields"), **_AUTH_ERRORS},
+                              "409": _error("no adapter sends on the conversation's channel"),
+                              "422": _error("invalid fields; a template where the channel has "
+                                            "none; free text after the channel's reply window "
+                                            "closed (`reason: reply_window_closed`)"),
+                              **_AUTH_ERRORS},
+            }},
+            "/api/v1/messages/{id}/attachments/{position}": {"get": {
+                "summary": "A file the citizen sent, as fetched from the provider",
+                "security": bearer,
+                "parameters": [_ID, {"name": "position", "in": "path", "required": True,
+                                     "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {"200": {"description": "the file, as an attachment download"},
+                              "404": _error("no such attachment, or not fetched (yet)"),
+                              "400": _error("id or position is not an integer in range"),
+                              **_AUTH_ERRORS},
+            }},
+            "/api/v1/attachments": {"post": {
+                "summary": "Upload a file to send with a reply; the body is the file itself",
+                "security": bearer,
+                "requestBody": {"required": True, "content": {"*/*": {
+                    "schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"201": _ok("kept: `blob_id`, `content_type`, `size`"),
+                              "400": _error("empty file"),
+                              "413": _error("over `max_attachment_bytes`"),
+                              "415": _error("no usable Content-Type"), **_AUTH_ERRORS},
+            }},
+            "/api/v1/messages/{id}/retry": {"post": {
+                "summary": "Send a failed reply again",
+                "security": bearer, "parameters": [_ID],
+                "responses": {"202": _ok("queued for delivery again"),
+                              "404": _error("no such id"),
+                              "400": _error("id is not an integer in range"),
+                              "409": _error("not a failed reply"), **_AUTH_ERRORS},
             }},
             "/api/v1/conversations/{id}/status": {"post": {
                 "summary": "Change a conversation's status",

@@ -36,11 +36,13 @@ class IngestPipeline:
 
     def __init__(
         self, db: Database, ingestor: Ingestor, publisher: Publisher, *, batch_size: int,
-        workers: int, on_outbound: Callable[[int], None] | None = None,
+        workers: int, on_outbound: Callable[[int, str], None] | None = None,
+        on_fetch: Callable[[int], None] | None = None,
     ) -> None:
         self._db = db
         #: Hands replies queued in an ingest transaction (acknowledgements) to delivery.
         self._on_outbound = on_outbound
+        self._on_fetch = on_fetch
         self._ingestor = ingestor
         self._publisher = publisher
         self._batch_size = batch_size
@@ -118,7 +120,9 @@ class IngestPipeline:
             if result.event is not None:
                 events.append(result.event)
             if result.acknowledgement_id is not None and self._on_outbound is not None:
-                self._on_outbound(result.acknowledgement_id)
+                self._on_outbound(result.acknowledgement_id, message.channel)
+            if result.fetches and self._on_fetch is not None:
+                self._on_fetch(result.message_id)
             metrics.INGEST_SECONDS.observe(now - started)
             if not future.done():
                 future.set_result(result)

@@ -34,6 +34,16 @@ DEFAULT_ACK_TEXTS = {
 }
 
 
+DEFAULT_TOO_LARGE_TEXTS = {
+    "id": "Maaf, file yang Anda kirim terlalu besar untuk kami terima (batas {limit}). "
+          "Laporan Anda tetap tercatat; kirim ulang file yang lebih kecil, misalnya foto "
+          "alih-alih video.",
+    "en": "Sorry, the file you sent is too large for us to receive (limit {limit}). "
+          "Your report is still recorded; please send a smaller file, e.g. a photo instead "
+          "of a video.",
+}
+
+
 class TelegramBot(BaseModel):
     """One Telegram bot: its account name here, its Bot API token and its webhook secret."""
 
@@ -53,6 +63,16 @@ class TelegramBot(BaseModel):
         return value
 
 
+class WhatsAppAccount(BaseModel):
+    """One WhatsApp business phone number: its account name here, its id and token at Meta."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=200)
+    #: The phone number's id in the Cloud API (not the phone number itself); webhooks name it.
+    phone_number_id: str = Field(pattern=r"^[0-9]{1,32}$")
+    #: A system user's access token with the whatsapp_business_messaging permission.
+    access_token: SecretStr
 def _refuse_example(value: SecretStr) -> SecretStr:
     """A secret copied from documentation, or too short to be a real one, is refused."""
     secret = value.get_secret_value()
@@ -132,6 +152,18 @@ class Settings(BaseSettings):
     telegram_bots: list[TelegramBot] = Field(default_factory=list)
     #: The Bot API's base URL (a local Bot API server, or a fake in tests).
     telegram_api_url: str = "https://api.telegram.org"
+    #: WhatsApp Cloud API phone numbers; set them in the environment as JSON, e.g.
+    #: OMNICHANNEL_WHATSAPP_ACCOUNTS='[{"account": "lapor", "phone_number_id": "1065...",
+    #: "access_token": "..."}]'
+    whatsapp_accounts: list[WhatsAppAccount] = Field(default_factory=list)
+    #: The Meta app's secret: webhooks are signed with it (`X-Hub-Signature-256`).
+    whatsapp_app_secret: SecretStr | None = None
+    #: Chosen by us and entered in Meta's dashboard; Meta echoes it in the GET handshake.
+    whatsapp_verify_token: SecretStr | None = None
+    #: The Graph API's base URL (a fake in tests).
+    whatsapp_api_url: str = "https://graph.facebook.com"
+    #: Graph API version in every request path; Meta keeps each for about two years.
+    whatsapp_api_version: str = Field(default="v26.0", pattern=r"^v\d+\.\d+$")
     #: Twilio accounts (SMS and WhatsApp); with secrets, set them in the environment as JSON, e.g.
     #: OMNICHANNEL_TWILIO_ACCOUNTS='[{"account_sid": "AC...", "auth_token": "...",
     #: "numbers": ["+6281100000001", "whatsapp:+6281100000002"]}]'
@@ -144,6 +176,14 @@ class Settings(BaseSettings):
     language: str = "id"
     #: Acknowledgement per language; `{tracking_number}` and `{opd}` are filled in.
     auto_ack_texts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ACK_TEXTS))
+    #: Told to a citizen whose file is over the limit, per language; `{limit}` is filled in.
+    too_large_texts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TOO_LARGE_TEXTS))
+    #: Where files citizens send are kept, by content (SHA-256).
+    attachments_path: Path = Path("data/attachments")
+    #: Largest file fetched from a provider; larger ones are recorded and the citizen is told.
+    max_attachment_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    #: Bound on one file download (they are larger and slower than a send).
+    fetch_timeout_s: float = Field(default=120.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Largest number of inbound messages written in one database transaction.
     ingest_batch_size: int = Field(default=256, gt=0)
@@ -160,7 +200,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
-    @field_validator("api_token", "agent_token")
+    @field_validator("api_token", "agent_token", "whatsapp_app_secret", "whatsapp_verify_token")
     @classmethod
     def _refuse_example_secret(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _refuse_example(value)
@@ -185,6 +225,15 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @model_validator(mode="after")
+    def _whatsapp_accounts_unique(self) -> Settings:
+        for field in ("account", "phone_number_id"):
+            values = [getattr(a, field) for a in self.whatsapp_accounts]
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"whatsapp_accounts: {field} must be unique ({repeated})")
+        return self
+
+    @model_validator(mode="after")
     def _acknowledgement_texts_render(self) -> Settings:
         if self.language not in self.auto_ack_texts:
             raise ValueError(f"auto_ack_texts has no text for language {self.language!r}")
@@ -194,6 +243,14 @@ class Settings(BaseSettings):
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"auto_ack_texts.{language}: only {{tracking_number}} and "
                                  f"{{opd}} can be filled in ({exc!r})") from exc
+        if self.language not in self.too_large_texts:
+            raise ValueError(f"too_large_texts has no text for language {self.language!r}")
+        for language, text in self.too_large_texts.items():
+            try:
+                text.format(limit="20 MB")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"too_large_texts.{language}: only {{limit}} can be filled "
+                                 f"in ({exc!r})") from exc
         return self
 
     @property

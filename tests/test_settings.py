@@ -43,6 +43,9 @@ def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         ("api_token: change-me\n", "example value"),
         ("auto_ack_texts: {id: 'nomor {nomor}'}\n", "auto_ack_texts.id"),
         ("language: fr\n", "no text for language 'fr'"),
+        ("too_large_texts: {id: 'batas {limit_mb} MB'}\n", "too_large_texts.id"),
+        ("language: en\ntoo_large_texts: {id: 'batas {limit}'}\n",
+         "too_large_texts has no text for language 'en'"),
     ],
 )
 def test_invalid_configuration_is_refused(tmp_path: Path, text: str, says: str) -> None:
@@ -73,6 +76,63 @@ def test_secrets_stay_out_of_reprs_and_logs(
     logging.getLogger().handlers[:] = [logging.StreamHandler(io.StringIO())]
 
 
+WHATSAPP_TOKEN = "EAAGwhatsappAccessTokenValue0123456789"
+WHATSAPP_SECRET = "0123456789abcdef0123456789abcdef"
+WHATSAPP_VERIFY = "verify-token-for-meta-0123"
+
+
+def test_whatsapp_numbers_from_the_environment_keep_their_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMNICHANNEL_WHATSAPP_ACCOUNTS", json.dumps([
+        {"account": "lapor_ambon", "phone_number_id": "106540352242922",
+         "access_token": WHATSAPP_TOKEN}]))
+    monkeypatch.setenv("OMNICHANNEL_WHATSAPP_APP_SECRET", WHATSAPP_SECRET)
+    monkeypatch.setenv("OMNICHANNEL_WHATSAPP_VERIFY_TOKEN", WHATSAPP_VERIFY)
+    settings = load_settings(write(tmp_path, "whatsapp_api_version: v25.0\n"))
+    [account] = settings.whatsapp_accounts
+    assert (account.account, account.phone_number_id) == ("lapor_ambon", "106540352242922")
+    assert account.access_token.get_secret_value() == WHATSAPP_TOKEN
+    assert settings.whatsapp_app_secret is not None
+    assert settings.whatsapp_app_secret.get_secret_value() == WHATSAPP_SECRET
+    assert settings.whatsapp_api_version == "v25.0"
+    assert settings.whatsapp_api_url == "https://graph.facebook.com"
+    shown = repr(settings) + str(settings.model_dump())
+    for secret in (WHATSAPP_TOKEN, WHATSAPP_SECRET, WHATSAPP_VERIFY):
+        assert secret not in shown
+
+
+def test_whatsapp_defaults_to_a_current_graph_version_and_no_numbers(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "{}\n"))
+    assert settings.whatsapp_accounts == [] and settings.whatsapp_app_secret is None
+    assert settings.whatsapp_api_version == "v26.0"
+
+
+def _number(account: str, phone_number_id: str) -> str:
+    return (f"{{account: {account}, phone_number_id: '{phone_number_id}', "
+            f"access_token: {WHATSAPP_TOKEN}}}")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("whatsapp_verify_token: token\n", "example value"),
+        ("whatsapp_verify_token: too-short-123\n", "shorter than 16"),
+        ("whatsapp_app_secret: change-me\n", "example value"),
+        ("whatsapp_api_version: '26.0'\n", "whatsapp_api_version"),
+        (f"whatsapp_accounts: [{_number('lapor', '1065')}, {_number('lapor', '1066')}]\n",
+         "account must be unique"),
+        (f"whatsapp_accounts: [{_number('ambon', '1065')}, {_number('maluku', '1065')}]\n",
+         "phone_number_id must be unique"),
+        (f"whatsapp_accounts: [{_number('lapor', '+62 911 1065')}]\n", "phone_number_id"),
+        ("whatsapp_accounts: [{account: lapor, phone_number_id: '1065', access_token: x, "
+         "webhook_secret: y}]\n", "webhook_secret"),
+        ("whatsapp_accounts: [{account: lapor, phone_number_id: '1065'}]\n", "access_token"),
+    ],
+)
+def test_invalid_whatsapp_configuration_is_refused(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings(write(tmp_path, text))
 TWILIO_SID = "AC" + "0123456789abcdef0123456789abcdef"
 TWILIO_TOKEN = "fedcba9876543210fedcba9876543210"
 

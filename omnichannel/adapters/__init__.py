@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import aiohttp
 
@@ -10,7 +10,7 @@ from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter
 from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.adapters.twilio import TwilioAdapter
-from omnichannel.delivery import DeliveryError, Outgoing
+from omnichannel.adapters.whatsapp import WhatsAppAdapter
 from omnichannel.settings import Settings
 
 #: How to build each channel's adapter from the settings; one adapter serves every account
@@ -26,6 +26,12 @@ REGISTRY: dict[str, Factory] = {
         settings.telegram_bots, api_url=settings.telegram_api_url,
         timeout_s=settings.delivery_timeout_s, phone_region=settings.phone_region,
     ),
+    WhatsAppAdapter.name: lambda settings, session: WhatsAppAdapter(
+        settings.whatsapp_accounts, app_secret=settings.whatsapp_app_secret,
+        verify_token=settings.whatsapp_verify_token, session=session,
+        api_url=settings.whatsapp_api_url, api_version=settings.whatsapp_api_version,
+        timeout_s=settings.delivery_timeout_s,
+    ),
     TwilioAdapter.name: lambda settings, session: TwilioAdapter(
         settings.twilio_accounts, session=session, api_url=settings.twilio_api_url,
         timeout_s=settings.delivery_timeout_s, phone_region=settings.phone_region,
@@ -33,28 +39,4 @@ REGISTRY: dict[str, Factory] = {
     ),
 }
 
-#: Every conversation channel a registered adapter may carry: most carry the channel they are
-#: named after, Twilio carries sms and whatsapp.
-CHANNELS: frozenset[str] = frozenset(REGISTRY) | TwilioAdapter.channels
-
-
-class ServingSender:
-    """Sends a reply through the adapter that serves its conversation's channel and account.
-
-    One provider may carry several channels and one channel several providers, so the
-    conversation's account decides, at send time.
-    """
-
-    def __init__(self, adapters: Mapping[str, Adapter]) -> None:
-        self._adapters = adapters
-
-    async def send(self, message: Outgoing) -> str | None:
-        """`send` of the first adapter that `serves` the message's channel and account."""
-        for adapter in self._adapters.values():
-            if adapter.serves(message.channel, message.account):
-                return await adapter.send(message)
-        raise DeliveryError(f"no channel adapter serves {message.channel} account "
-                            f"{message.account!r}", retryable=False)
-
-
-__all__ = ["CHANNELS", "REGISTRY", "Adapter", "Factory", "ServingSender"]
+__all__ = ["REGISTRY", "Adapter", "Factory"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -187,6 +188,11 @@ class ApiAdapter(Adapter):
             "account": message.account,
             "recipient": message.recipient,
             "text": message.text,
+            "attachments": [
+                {"content_type": f.content_type, "filename": f.filename,
+                 "content_base64": base64.b64encode(f.content).decode()}
+                for f in message.files
+            ],
         }
         headers = {"Idempotency-Key": f"omnichannel-{message.message_id}"}
         try:

@@ -92,8 +92,10 @@ class FetchError(Exception):
 class TooLarge(FetchError):
     """The file is larger than the provider lets us download, or than we keep."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, limit_bytes: int | None = None) -> None:
         super().__init__(message, retryable=False)
+        #: The provider's own download limit, when it is what the file exceeds.
+        self.limit_bytes = limit_bytes
 
 
 class Adapter(abc.ABC):
@@ -117,13 +119,17 @@ class Adapter(abc.ABC):
         """Delivery receipts for our outbound messages that a verified request carries."""
         return []
 
-    def serves(self, channel: str, account: str) -> bool:
-        """Whether replies in conversations of `channel` and `account` leave through this adapter.
+    def carries(self) -> frozenset[str]:
+        """The channels of the messages this adapter takes and sends.
 
         Most adapters carry their own channel only; one provider may carry several (Twilio
         carries both SMS and WhatsApp).
         """
-        return channel == self.name
+        return frozenset({self.name})
+
+    def serves(self, channel: str, account: str) -> bool:
+        """Whether replies in conversations of `channel` and `account` leave through here."""
+        return channel in self.carries()
 
     def capabilities_of(self, channel: str) -> Capabilities:
         """What `channel` can carry through this adapter."""

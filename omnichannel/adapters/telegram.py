@@ -22,8 +22,11 @@ from omnichannel.adapters.base import (
     Adapter,
     Capabilities,
     ChannelDisabled,
+    Download,
+    FetchError,
     PayloadError,
     SignatureError,
+    TooLarge,
     WebhookRequest,
 )
 from omnichannel.delivery import DeliveryError, Outgoing
@@ -42,6 +45,12 @@ START_TEXT = (
     "membantu. Setiap laporan mendapat nomor pelacakan dan diteruskan ke dinas yang berwenang."
 )
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
+#: How `Attachment.url` names a file Telegram holds (fetched later through `getFile`).
+FILE_PREFIX = "telegram-file:"
+#: Longest caption of a photo or document; a longer reply text goes first as its own message.
+CAPTION_LIMIT = 1024
+#: The Bot API's `getFile` refuses larger files.
+BOT_API_DOWNLOAD_LIMIT = 20 * 1000 * 1000
 
 
 class TelegramAdapter(Adapter):
@@ -127,14 +136,14 @@ class TelegramAdapter(Adapter):
         if message.photo:
             largest = message.photo[-1]  # Telegram lists sizes smallest first
             attachments.append(Attachment(content_type="image/jpeg", size=largest.file_size,
-                                          url=f"telegram-file:{largest.file_id}"))
+                                          url=FILE_PREFIX + largest.file_id))
         for media, default_type in ((message.document, "application/octet-stream"),
                                     (message.voice, "audio/ogg"),
                                     (message.video, "video/mp4")):
             if media is not None:
                 attachments.append(Attachment(
                     content_type=getattr(media, "mime_type", None) or default_type,
-                    size=media.file_size, url=f"telegram-file:{media.file_id}",
+                    size=media.file_size, url=FILE_PREFIX + media.file_id,
                     filename=getattr(media, "file_name", None),
                 ))
         location = None
@@ -153,13 +162,14 @@ class TelegramAdapter(Adapter):
         )
 
     async def send(self, message: Outgoing) -> str | None:
-        """`sendMessage` through the conversation's bot; returns `<chat id>:<message id>`."""
+        """`sendMessage` (or `sendPhoto`/`sendDocument` for files) through the conversation's
+        bot; returns `<chat id>:<message id>` of the first message sent."""
         bot = self._clients.get(message.account)
         if bot is None:
             raise DeliveryError(f"no Telegram bot is configured for {message.account!r}",
                                 retryable=False)
         try:
-            sent = await bot.send_message(chat_id=int(message.recipient), text=message.text)
+            sent = await self._send(bot, int(message.recipient), message)
         except RetryAfter as exc:
             raise DeliveryError(f"Telegram asks to retry after {exc.retry_after}",
                                 retryable=True) from exc
@@ -170,6 +180,48 @@ class TelegramAdapter(Adapter):
                                 retryable=True) from exc
         # Message ids count per chat, and share a chat's sequence with the citizen's own.
         return f"{sent.chat.id}:{sent.message_id}"
+
+    async def fetch(self, account: str, url: str, *, max_bytes: int) -> Download:
+        """`getFile`, then the download: `url` is `telegram-file:<file id>`."""
+        bot = self._clients.get(account)
+        if bot is None or not url.startswith(FILE_PREFIX):
+            raise FetchError(f"no Telegram bot {account!r} holds {url!r}", retryable=False)
+        try:
+            file = await bot.get_file(url.removeprefix(FILE_PREFIX))
+            if file.file_size is not None and file.file_size > max_bytes:
+                raise TooLarge(f"{file.file_size} bytes, over the {max_bytes} byte limit")
+            content = bytes(await file.download_as_bytearray())
+        except BadRequest as exc:
+            if "too big" in str(exc).lower():
+                raise TooLarge(f"Telegram bots cannot download files over 20 MB: {exc}",
+                               limit_bytes=BOT_API_DOWNLOAD_LIMIT) from exc
+            raise FetchError(f"Telegram refused the file: {exc}", retryable=False) from exc
+        except (Forbidden, InvalidToken) as exc:
+            raise FetchError(f"Telegram refused the file: {exc}", retryable=False) from exc
+        except TelegramError as exc:
+            raise FetchError(f"Telegram unreachable or failing: {exc}", retryable=True) from exc
+        return Download(content=content)
+
+    async def _send(self, bot: Bot, chat_id: int, message: Outgoing) -> TgMessage:
+        """Text alone, or each file (photos inline) with the text as the first one's caption."""
+        if not message.files:
+            return await bot.send_message(chat_id=chat_id, text=message.text)
+        caption: str | None = message.text or None
+        first = None
+        if caption is not None and len(caption) > CAPTION_LIMIT:
+            first = await bot.send_message(chat_id=chat_id, text=caption)
+            caption = None
+        for file in message.files:
+            if file.is_image:
+                sent = await bot.send_photo(chat_id=chat_id, photo=file.content,
+                                            caption=caption, filename=file.filename)
+            else:
+                sent = await bot.send_document(chat_id=chat_id, document=file.content,
+                                               caption=caption, filename=file.filename)
+            first = first or sent
+            caption = None
+        assert first is not None
+        return first
 
     async def close(self) -> None:
         """Close every bot's HTTP client."""

@@ -95,10 +95,11 @@ class TwilioAdapter(Adapter):
     """Every configured Twilio account's webhook (messages and status callbacks) and sender."""
 
     name = "twilio"
-    #: The conversation channels this adapter carries (it is named after neither).
-    channels = CHANNELS
-    capabilities = Capabilities(max_text_length=MAX_BODY, media=True)
-    whatsapp_capabilities = Capabilities(max_text_length=MAX_BODY, media=True,
+    # Twilio carries MMS and WhatsApp media, but only from a public MediaUrl, which the engine
+    # does not offer yet: `media` is off so the agent API refuses files at once (422) instead
+    # of accepting a reply that could only fail. Citizens' media comes in all the same.
+    capabilities = Capabilities(max_text_length=MAX_BODY, media=False)
+    whatsapp_capabilities = Capabilities(max_text_length=MAX_BODY, media=False,
                                          reply_window=timedelta(hours=24), templates=True)
 
     def __init__(
@@ -192,6 +193,10 @@ class TwilioAdapter(Adapter):
 
     # -- routing -------------------------------------------------------------------------
 
+    def carries(self) -> frozenset[str]:
+        """SMS and WhatsApp: the adapter is named after neither."""
+        return CHANNELS
+
     def serves(self, channel: str, account: str) -> bool:
         """SMS and WhatsApp conversations on one of our numbers."""
         return channel in CHANNELS and self._account_of(account) is not None
@@ -233,6 +238,11 @@ class TwilioAdapter(Adapter):
         if account is None:
             raise DeliveryError(f"{message.account} is not a number of a configured Twilio "
                                 "account", retryable=False)
+        if message.files:
+            # Twilio downloads media from a public MediaUrl; the engine serves its files to
+            # agents only, so sending them would need a public, unguessable URL first.
+            raise DeliveryError("files cannot be sent through Twilio yet: send the text alone",
+                                retryable=False)
         prefix = WA_PREFIX if message.channel == WHATSAPP else ""
         fields: dict[str, Any] = {
             "from_": prefix + self._address(message.account),

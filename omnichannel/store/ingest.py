@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnichannel.model import TRIAGE, InboundMessage, RouteDecision, RoutedEvent
+from omnichannel.store.attachments import queue_fetches
 from omnichannel.store.tables import (
     ACTIVE_CONDITION,
     CONTACT,
@@ -45,6 +46,8 @@ class Stored:
     event: RoutedEvent | None
     #: The automatic reply queued for the citizen when this message opened a conversation.
     acknowledgement_id: int | None = None
+    #: Whether files of the message wait to be fetched from the provider.
+    fetches: bool = False
 
 
 def tracking_number(prefix: str, conversation_id: int, created_at: datetime) -> str:
@@ -373,6 +376,10 @@ class Ingestor:
 
         acknowledgements = await self._queue_acknowledgements(
             conn, ordered, contacts, conversations, ids, now)
+        fetching = await queue_fetches(conn, (
+            (ids[key], m) for m in ordered
+            if m.attachments and (key := (m.channel, m.account, m.external_id)) in ids
+        ))
 
         results: dict[tuple[str, str, str], Stored] = {}
         lost: list[tuple[str, str, str]] = []
@@ -392,7 +399,7 @@ class Ingestor:
                 location=m.location,
             )
             results[key] = Stored(ids[key], conv["id"], conv["tracking_number"], False, event,
-                                  acknowledgements.get(ids[key]))
+                                  acknowledgements.get(ids[key]), ids[key] in fetching)
         if lost:
             # A concurrent worker stored these first: report them as the duplicates they are.
             for key, (mid, cid, number) in (

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnichannel.model import ConversationStatus, DeliveryStatus, Direction, StatusUpdate, Template
-from omnichannel.store.ingest import insert_for
+from omnichannel.store.ingest import as_utc, insert_for
 from omnichannel.store.queries import json_row
 from omnichannel.store.tables import CONVERSATION, DELIVERY_RECEIPT, MESSAGE, utcnow
 
@@ -24,6 +24,7 @@ _RANK = {
     DeliveryStatus.QUEUED: 0, DeliveryStatus.SENDING: 0, DeliveryStatus.SENT: 1,
     DeliveryStatus.DELIVERED: 2, DeliveryStatus.READ: 3, DeliveryStatus.FAILED: 3,
 }
+_UNSENT = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
 _rank_of_current = sa.case(
     *((_message.c.delivery_status == s.value, r) for s, r in _RANK.items()), else_=0
 )
@@ -32,6 +33,7 @@ _rank_of_current = sa.case(
 async def add_outbound(
     conn: AsyncConnection, conversation_id: int, *, channel: str, account: str, text: str,
     author: str, template: Template | None = None,
+    attachments: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Store an agent's reply as queued for delivery; a new conversation becomes open."""
     now = utcnow()
@@ -40,7 +42,8 @@ async def add_outbound(
             sa.insert(_message)
             .values(
                 conversation_id=conversation_id, direction=Direction.OUTBOUND.value,
-                channel=channel, account=account, author=author, text=text, attachments=[],
+                channel=channel, account=account, author=author, text=text,
+                attachments=list(attachments),
                 raw={"template": template.to_json()} if template else None,
                 sent_at=now, received_at=now, delivery_status=DeliveryStatus.QUEUED.value,
                 delivery_updated_at=now,
@@ -63,29 +66,67 @@ async def add_outbound(
     return json_row(row._mapping, frozenset({"raw", "delivery_lease_until"}))
 
 
-async def claim(conn: AsyncConnection, message_id: int, lease: timedelta) -> dict[str, Any] | None:
+async def claim(
+    conn: AsyncConnection, message_id: int, lease: timedelta, *, in_order: bool = True
+) -> dict[str, Any] | None:
     """Take a queued message (or one whose sender died mid-send) for sending; None if taken.
 
-    Only one sender wins, however many workers and redeliveries race for the message.
+    Only one sender wins, however many workers and redeliveries race for the message. With
+    `in_order`, a reply waits while an earlier one of its conversation is still unsent, so
+    the citizen reads them in the order they were written.
     """
     now = utcnow()
     m = _message.c
+    conditions = [
+        m.id == message_id, m.direction == Direction.OUTBOUND.value,
+        sa.or_(m.delivery_status == DeliveryStatus.QUEUED.value,
+               sa.and_(m.delivery_status == DeliveryStatus.SENDING.value,
+                       m.delivery_lease_until < now)),
+    ]
+    if in_order:
+        earlier = _message.alias("earlier")
+        conditions.append(~sa.exists().where(
+            earlier.c.conversation_id == m.conversation_id, earlier.c.id < m.id,
+            earlier.c.direction == Direction.OUTBOUND.value,
+            earlier.c.delivery_status.in_(_UNSENT),
+        ))
     row = (
         await conn.execute(
             sa.update(_message)
-            .where(
-                m.id == message_id, m.direction == Direction.OUTBOUND.value,
-                sa.or_(m.delivery_status == DeliveryStatus.QUEUED.value,
-                       sa.and_(m.delivery_status == DeliveryStatus.SENDING.value,
-                               m.delivery_lease_until < now)),
-            )
+            .where(*conditions)
             .values(delivery_status=DeliveryStatus.SENDING.value,
                     delivery_lease_until=now + lease, delivery_updated_at=now)
             .returning(m.id, m.conversation_id, m.channel, m.account, m.text, m.raw,
-                       m.delivery_attempts)
+                       m.attachments, m.delivery_attempts)
         )
     ).first()
     return dict(row._mapping) if row else None
+
+
+async def unsent_state(conn: AsyncConnection, message_id: int) -> tuple[str, datetime | None]:
+    """Why an unclaimable message is unclaimable: `claimed` (with when the claim lapses),
+    `waiting` (an earlier reply of its conversation is unsent) or `done`."""
+    m = _message.c
+    row = (await conn.execute(
+        sa.select(m.delivery_status, m.delivery_lease_until).where(m.id == message_id)
+    )).first()
+    if row is None or row.delivery_status not in _UNSENT:
+        return "done", None
+    if row.delivery_status == DeliveryStatus.SENDING.value and row.delivery_lease_until:
+        lapses = as_utc(row.delivery_lease_until)
+        if lapses > utcnow():
+            return "claimed", lapses
+    return "waiting", None
+
+
+async def release(conn: AsyncConnection, message_id: int) -> None:
+    """Hand a claimed message back to the queue (its sender is stopping)."""
+    await conn.execute(
+        sa.update(_message)
+        .where(_message.c.id == message_id,
+               _message.c.delivery_status == DeliveryStatus.SENDING.value)
+        .values(delivery_status=DeliveryStatus.QUEUED.value, delivery_lease_until=None)
+    )
 
 
 async def extend(conn: AsyncConnection, message_id: int, *, attempts: int, error: str,
@@ -188,17 +229,17 @@ async def retry(conn: AsyncConnection, message_id: int) -> bool:
     return True
 
 
-async def unsent(conn: AsyncConnection) -> list[int]:
-    """Outbound messages queued or abandoned mid-send, oldest first (resumed at start-up)."""
+async def unsent(conn: AsyncConnection) -> list[tuple[int, str]]:
+    """Ids and channels of replies queued or claimed but not sent, oldest first (resumed at
+    start-up)."""
     m = _message.c
     rows = await conn.execute(
-        sa.select(m.id)
+        sa.select(m.id, m.channel)
         .where(m.direction == Direction.OUTBOUND.value,
-               m.delivery_status.in_([DeliveryStatus.QUEUED.value,
-                                      DeliveryStatus.SENDING.value]))
+               m.delivery_status.in_(_UNSENT))
         .order_by(m.id)
     )
-    return [r.id for r in rows]
+    return [(r.id, r.channel) for r in rows]
 
 
 async def outbound_message(conn: AsyncConnection, message_id: int) -> dict[str, Any] | None:

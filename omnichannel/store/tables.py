@@ -158,6 +158,30 @@ class DeliveryReceipt(SQLModel, table=True):
     received_at: datetime = _ts(default_factory=utcnow)
 
 
+class AttachmentFetch(SQLModel, table=True):
+    """A file a citizen sent that is still held by the provider, to download into our store.
+
+    Written in the transaction that stores the message, so a download is never forgotten.
+    """
+
+    __tablename__ = "attachment_fetch"
+    __table_args__ = (sa.UniqueConstraint("message_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id")
+    #: Index of the attachment in `message.attachments`.
+    position: int
+    channel: str = Field(max_length=32)
+    account: str = Field(max_length=200)
+    #: Where the provider holds it (a URL, or a provider reference like `telegram-file:<id>`).
+    url: str
+    #: `pending`, `stored`, `too_large` or `failed`.
+    status: str = Field(default="pending", max_length=16, index=True)
+    attempts: int = Field(default=0)
+    error: str | None = Field(default=None)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
 def _table(model: type[SQLModel]) -> sa.Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, sa.Table)
@@ -170,3 +194,4 @@ CONTACT_IDENTITY = _table(ContactIdentity)
 CONVERSATION = _table(Conversation)
 MESSAGE = _table(Message)
 DELIVERY_RECEIPT = _table(DeliveryReceipt)
+ATTACHMENT_FETCH = _table(AttachmentFetch)

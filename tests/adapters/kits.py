@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +22,8 @@ from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter, WebhookRequest
 from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.adapters.twilio import TwilioAdapter
-from omnichannel.settings import TelegramBot, TwilioAccount
+from omnichannel.adapters.whatsapp import WhatsAppAdapter
+from omnichannel.settings import TelegramBot, TwilioAccount, WhatsAppAccount
 
 TOKEN = "contract-suite-token-0123456789"
 
@@ -206,7 +209,7 @@ def twilio_inbound(sid: str, body: str, *, sender: str = CITIZEN_PHONE, to: str 
     ]
 
 
-def whatsapp_inbound(sid: str, body: str, *, extra: Sequence[tuple[str, str]] = (),
+def twilio_whatsapp_inbound(sid: str, body: str, *, extra: Sequence[tuple[str, str]] = (),
                      num_media: int = 0, message_type: str = "text") -> list[tuple[str, str]]:
     """An inbound WhatsApp message's form: prefixed addresses, ProfileName and WaId."""
     return [
@@ -294,11 +297,11 @@ TWILIO = Kit(
             to=TWILIO_SERVICE_NUMBER, extra=[("MessagingServiceSid", TWILIO_SERVICE)])),
          {"channel": "sms", "account": TWILIO_SERVICE_NUMBER,
           "external_id": "SM" + "2c3d4e5f60718293a4b5c6d7e8f90a1b"}),
-        (twilio_request(whatsapp_inbound("SM" + "3d4e5f60718293a4b5c6d7e8f90a1b2c",
+        (twilio_request(twilio_whatsapp_inbound("SM" + "3d4e5f60718293a4b5c6d7e8f90a1b2c",
                                          "Air PDAM mati tiga hari")),
          {"channel": "whatsapp", "account": TWILIO_WA, "sender_id": "whatsapp:" + CITIZEN_PHONE,
           "phone": CITIZEN_PHONE, "text": "Air PDAM mati tiga hari"}),
-        (twilio_request(whatsapp_inbound(_MMS_SID, "Lubang di jalan", num_media=2,
+        (twilio_request(twilio_whatsapp_inbound(_MMS_SID, "Lubang di jalan", num_media=2,
                                          message_type="image", extra=[
             ("MediaContentType0", "image/jpeg"),
             ("MediaUrl0", media_url(_MMS_SID, "ME" + "a" * 32)),
@@ -306,7 +309,7 @@ TWILIO = Kit(
             ("MediaUrl1", media_url(_MMS_SID, "ME" + "b" * 32))])),
          {"channel": "whatsapp", "external_id": _MMS_SID, "text": "Lubang di jalan",
           "attachments": 2}),
-        (twilio_request(whatsapp_inbound("SM" + "4e5f60718293a4b5c6d7e8f90a1b2c3d", "",
+        (twilio_request(twilio_whatsapp_inbound("SM" + "4e5f60718293a4b5c6d7e8f90a1b2c3d", "",
                                          message_type="location", extra=[
             ("Latitude", "-3.6954"), ("Longitude", "128.1814"),
             ("Address", "Jl. Pantai Mardika, Ambon"), ("Label", "Pasar Mardika")])),
@@ -321,4 +324,197 @@ TWILIO = Kit(
     recipient=CITIZEN_PHONE,
 )
 
-KITS = [API, TELEGRAM, TWILIO]
+WA_APP_SECRET = "contract-suite-app-secret-0123456789"
+WA_VERIFY_TOKEN = "contract-suite-verify-token-0123"
+WA_ACCESS_TOKEN = "EAAGcontractSuiteAccessToken0123456789"
+WA_PHONE_NUMBER_ID = "106540352242922"
+WA_ACCOUNT = "lapor_ambon"
+WA_VERSION = "v26.0"
+#: The citizen's WhatsApp id: their phone number in international form, without `+`.
+WA_CITIZEN = "6281234567890"
+WA_ACCOUNTS = [{"account": WA_ACCOUNT, "phone_number_id": WA_PHONE_NUMBER_ID,
+                "access_token": WA_ACCESS_TOKEN}]
+WA_SIGNATURE = "X-Hub-Signature-256"
+WA_TIMESTAMP = str(int(_WHEN.timestamp()))
+
+
+def whatsapp_adapter(base: str, session: aiohttp.ClientSession) -> WhatsAppAdapter:
+    """The adapter of one phone number, its Graph API at `base`."""
+    return WhatsAppAdapter(
+        [WhatsAppAccount.model_validate(a) for a in WA_ACCOUNTS],
+        app_secret=SecretStr(WA_APP_SECRET), verify_token=SecretStr(WA_VERIFY_TOKEN),
+        session=session, api_url=base, api_version=WA_VERSION, timeout_s=2,
+    )
+
+
+def whatsapp_message(wamid: str, kind: str, content: Any, *, sender: str = WA_CITIZEN,
+                     timestamp: str = WA_TIMESTAMP, **extra: Any) -> dict[str, Any]:
+    """A citizen's message as it appears in `value.messages[]`."""
+    return {"from": sender, "id": wamid, "timestamp": timestamp, "type": kind, kind: content,
+            **extra}
+
+
+def whatsapp_value(messages: Sequence[dict[str, Any]] = (),
+                   statuses: Sequence[dict[str, Any]] = (),
+                   phone_number_id: str = WA_PHONE_NUMBER_ID,
+                   contacts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One change's `value`: what one phone number received."""
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "6291100001111", "phone_number_id": phone_number_id},
+    }
+    if messages:
+        value["contacts"] = contacts if contacts is not None else [
+            {"profile": {"name": "Rina Latuconsina"}, "wa_id": WA_CITIZEN}]
+        value["messages"] = list(messages)
+    if statuses:
+        value["statuses"] = list(statuses)
+    return value
+
+
+def whatsapp_body(*values: dict[str, Any]) -> dict[str, Any]:
+    """A notification: one entry whose changes carry `values` (field `messages`)."""
+    return {"object": "whatsapp_business_account", "entry": [
+        {"id": "102290129340398",
+         "changes": [{"value": value, "field": "messages"} for value in values]}]}
+
+
+def whatsapp_request(body: dict[str, Any] | bytes, secret: str = WA_APP_SECRET
+                     ) -> WebhookRequest:
+    """A POST signed as Meta documents: HMAC-SHA256 of the raw body with the app secret."""
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return WebhookRequest(method="POST", url="https://lapor.example/webhooks/whatsapp",
+                          headers={"Content-Type": "application/json",
+                                   WA_SIGNATURE: f"sha256={signature}"},
+                          body=raw)
+
+
+def whatsapp_status(wamid: str, status: str, timestamp: str = WA_TIMESTAMP,
+                    errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A receipt of one of our messages, as in `value.statuses[]`."""
+    result: dict[str, Any] = {"id": wamid, "status": status, "timestamp": timestamp,
+                              "recipient_id": WA_CITIZEN}
+    if status in ("sent", "delivered", "read"):
+        result["pricing"] = {"billable": True, "pricing_model": "PMP", "category": "service"}
+    if errors is not None:
+        result["errors"] = errors
+    return result
+
+
+def _whatsapp_forgeries(request: WebhookRequest) -> list[WebhookRequest]:
+    headers = dict(request.headers)
+    del headers[WA_SIGNATURE]
+    forged = hmac.new(b"not-the-app-secret-at-all", request.body, hashlib.sha256).hexdigest()
+    # The older SHA-1 header form, even correctly keyed, is not what we check.
+    sha1 = hmac.new(WA_APP_SECRET.encode(), request.body, hashlib.sha1).hexdigest()
+    return [replace(request, headers=headers),
+            replace(request, headers={**headers, WA_SIGNATURE: f"sha256={forged}"}),
+            replace(request, headers={**headers, WA_SIGNATURE: f"sha1={sha1}"}),
+            replace(request, headers={**headers, WA_SIGNATURE: "sha256="})]
+
+
+#: Graph API errors by HTTP status, as Meta answers them.
+GRAPH_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"message": "(#131047) Re-engagement message", "type": "OAuthException",
+          "code": 131047, "error_data": {
+              "messaging_product": "whatsapp",
+              "details": "Message failed to send because more than 24 hours have passed "
+                         "since the customer last replied to this number."},
+          "fbtrace_id": "AbC1dEf2GhI3"},
+    403: {"message": "(#10) Application does not have permission for this action",
+          "type": "OAuthException", "code": 10, "fbtrace_id": "AbC1dEf2GhI4"},
+    429: {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429,
+          "error_data": {"messaging_product": "whatsapp",
+                         "details": "Cloud API message throughput has been reached."},
+          "fbtrace_id": "AbC1dEf2GhI5"},
+    500: {"message": "(#131000) Something went wrong", "type": "OAuthException",
+          "code": 131000, "error_data": {"messaging_product": "whatsapp",
+                                         "details": "Message failed to send due to an "
+                                                    "unknown error."},
+          "fbtrace_id": "AbC1dEf2GhI6"},
+    503: {"message": "(#131016) Service unavailable", "type": "OAuthException",
+          "code": 131016, "fbtrace_id": "AbC1dEf2GhI7"},
+}
+_WAMIDS = itertools.count(1)
+
+
+def graph_reply(status: int) -> dict[str, Any]:
+    """The Graph API's answer to a send: the new message's wamid, or the error."""
+    if status < 300:
+        return {"messaging_product": "whatsapp",
+                "contacts": [{"input": WA_CITIZEN, "wa_id": WA_CITIZEN}],
+                "messages": [{"id": f"wamid.HBgNNjI4MTIzNDU2Nzg5MBUCABEYEk9VVD{next(_WAMIDS):05d}",
+                              "message_status": "accepted"}]}
+    return {"error": GRAPH_ERRORS.get(status, {"message": "(#1) An unknown error occurred",
+                                               "type": "OAuthException", "code": 1})}
+
+
+def wamid(n: int) -> str:
+    """A citizen's message id (`wamid.` and base64, as Meta makes them)."""
+    return f"wamid.HBgNNjI4MTIzNDU2Nzg5MBUCABIYFjNFQjA{n:05d}QTFCMkMzRDRFNUY2AA=="
+
+
+def _wa(n: int, kind: str, content: Any, **extra: Any) -> WebhookRequest:
+    return whatsapp_request(whatsapp_body(whatsapp_value(
+        [whatsapp_message(wamid(n), kind, content, **extra)])))
+
+
+_WA_EXPECTED = {"channel": "whatsapp", "account": WA_ACCOUNT, "sender_id": WA_CITIZEN,
+                "phone": "+6281234567890"}
+_REPLY_TO = {"context": {"from": "6291100001111", "id": "wamid.HBgNNjI4MTIzNDU2Nzg5MBUCABEYEk"
+                                                      "9VVDAwMDAxAA=="}}
+
+WHATSAPP = Kit(
+    name="whatsapp",
+    build=whatsapp_adapter,
+    fixtures=[
+        (_wa(1, "text", {"body": "Sampah di Batu Merah seng diangkut"}),
+         {**_WA_EXPECTED, "external_id": wamid(1), "text": "Sampah di Batu Merah seng diangkut",
+          "attachments": 0}),
+        (_wa(2, "image", {"caption": "Lubang di jalan Sultan Hairun", "mime_type": "image/jpeg",
+                          "sha256": "Vsx3vIWSKlvuVMJ8e4J2FMPgq8yS53u8DSdpkxhOIuY=",
+                          "id": "1479537139650973"}),
+         {**_WA_EXPECTED, "text": "Lubang di jalan Sultan Hairun", "attachments": 1}),
+        (_wa(3, "document", {"caption": "Surat pengaduan RT 02", "filename": "pengaduan.pdf",
+                             "mime_type": "application/pdf",
+                             "sha256": "kMZ2c0iiTYg3tJ4sWnWzVVHQ/4a4m0TJtzVzZ8uCEa4=",
+                             "id": "1003383421387256"}),
+         {**_WA_EXPECTED, "text": "Surat pengaduan RT 02", "attachments": 1}),
+        (_wa(4, "audio", {"mime_type": "audio/ogg; codecs=opus",
+                          "sha256": "x3oPGQ0xJXUjOeIJV0MFp2sPDTTIeEgk0GXQXnBlrJ0=",
+                          "id": "1006213151155555", "voice": True}),
+         {**_WA_EXPECTED, "text": "", "attachments": 1}),
+        (_wa(5, "video", {"caption": "Banjir di Batu Gajah", "mime_type": "video/mp4",
+                          "sha256": "QcSS9y2AxUpDPY7/kdCAKnvmbvg3vG2dVWsL/yvEyqU=",
+                          "id": "1214433230033339"}),
+         {**_WA_EXPECTED, "text": "Banjir di Batu Gajah", "attachments": 1}),
+        (_wa(6, "location", {"latitude": -3.6954, "longitude": 128.1814,
+                             "name": "Pasar Mardika", "address": "Jl. Pantai Mardika, Ambon"}),
+         {**_WA_EXPECTED, "text": "", "latitude": -3.6954, "attachments": 0}),
+        (_wa(7, "contacts", [{"name": {"formatted_name": "Budi Santoso", "first_name": "Budi",
+                                       "last_name": "Santoso"},
+                              "phones": [{"phone": "+62 812-9876-5432", "wa_id": "6281298765432",
+                                          "type": "CELL"}]}]),
+         {**_WA_EXPECTED, "text": "Kontak: Budi Santoso +62 812-9876-5432"}),
+        (_wa(8, "interactive", {"type": "button_reply",
+                                "button_reply": {"id": "lapor-baru", "title": "Laporan baru"}},
+             **_REPLY_TO),
+         {**_WA_EXPECTED, "text": "Laporan baru"}),
+        (_wa(9, "interactive", {"type": "list_reply", "list_reply": {
+            "id": "kategori-sampah", "title": "Sampah",
+            "description": "Sampah belum diangkut"}}, **_REPLY_TO),
+         {**_WA_EXPECTED, "text": "Sampah - Sampah belum diangkut"}),
+        (_wa(10, "button", {"payload": "MASIH_BERMASALAH", "text": "Masih bermasalah"},
+             **_REPLY_TO),
+         {**_WA_EXPECTED, "text": "Masih bermasalah"}),
+    ],
+    forgeries=_whatsapp_forgeries,
+    signs_body=True,
+    provider_path=f"/{WA_VERSION}/{WA_PHONE_NUMBER_ID}/messages",
+    provider_reply=graph_reply,
+    account=WA_ACCOUNT,
+    recipient=WA_CITIZEN,
+)
+
+KITS = [API, TELEGRAM, WHATSAPP, TWILIO]

@@ -20,7 +20,7 @@ from twilio.request_validator import RequestValidator
 
 from omnichannel.adapters.base import ChannelDisabled, FetchError, SignatureError, TooLarge
 from omnichannel.adapters.twilio import EMPTY_TWIML, MAX_BODY, TwilioAdapter, split_text
-from omnichannel.delivery import DeliveryError, Outgoing
+from omnichannel.delivery import DeliveryError, Outgoing, OutgoingFile
 from omnichannel.model import DeliveryStatus, Template
 from tests.adapters.kits import (
     CITIZEN_PHONE,
@@ -36,7 +36,7 @@ from tests.adapters.kits import (
     twilio_inbound,
     twilio_request,
     twilio_status,
-    whatsapp_inbound,
+    twilio_whatsapp_inbound,
 )
 
 SID = "SM" + "5f60718293a4b5c6d7e8f90a1b2c3d4e"
@@ -127,7 +127,7 @@ def test_a_messaging_service_number_is_served_once_seen(session: aiohttp.ClientS
 
 
 def test_whatsapp_prefix_makes_the_whatsapp_channel(session: aiohttp.ClientSession) -> None:
-    fields = whatsapp_inbound(SID, "Air mati")
+    fields = twilio_whatsapp_inbound(SID, "Air mati")
     [message] = adapter(session).parse(twilio_request(fields))
     assert message.channel == "whatsapp"
     assert message.account == TWILIO_WA  # our sender, without the prefix
@@ -199,10 +199,12 @@ def test_acknowledge_is_empty_twiml(session: aiohttp.ClientSession) -> None:
 def test_capabilities_per_channel(session: aiohttp.ClientSession) -> None:
     twilio = adapter(session)
     sms, whatsapp = twilio.capabilities_of("sms"), twilio.capabilities_of("whatsapp")
+    # No files out yet (Twilio needs a public MediaUrl): the agent API refuses them at once.
     assert (sms.max_text_length, sms.media, sms.reply_window, sms.templates) == (
-        1600, True, None, False)
+        1600, False, None, False)
     assert whatsapp.reply_window is not None and whatsapp.reply_window.total_seconds() == 86400
-    assert whatsapp.templates and whatsapp.max_text_length == 1600
+    assert whatsapp.templates and whatsapp.max_text_length == 1600 and not whatsapp.media
+    assert twilio.carries() == {"sms", "whatsapp"}
     assert twilio.serves("sms", TWILIO_SMS) and twilio.serves("whatsapp", TWILIO_WA)
     assert twilio.serves("whatsapp", "whatsapp:" + TWILIO_WA)
     assert not twilio.serves("sms", "+6281100000099")
@@ -356,6 +358,18 @@ async def test_a_hung_twilio_is_bounded_by_the_timeout(
     await twilio.close()
     assert timed_out.value.retryable
     assert time.monotonic() - started < 3
+
+
+async def test_files_are_refused_before_anything_is_sent(
+    fake: FakeTwilio, session: aiohttp.ClientSession
+) -> None:
+    twilio = adapter(session, fake.url)
+    photo = OutgoingFile(b"\xff\xd8jpeg", "image/jpeg", "perbaikan.jpg")
+    with pytest.raises(DeliveryError, match="files cannot be sent") as refused:
+        await twilio.send(replace(outgoing("Sudah diperbaiki."), files=(photo,)))
+    await twilio.close()
+    assert not refused.value.retryable
+    assert fake.forms == []  # not even the text went out alone
 
 
 async def test_a_number_of_no_account_is_not_sent(session: aiohttp.ClientSession) -> None:

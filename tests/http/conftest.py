@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from omnichannel.adapters import REGISTRY
 from omnichannel.app import build_app
 from omnichannel.bus import decode_event
 from omnichannel.router import load_rules
@@ -45,13 +47,21 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
-    """Start engine apps: `await make_client(store="sqlite"|"postgresql", **settings)`."""
+    """Start engine apps: `await make_client(store="sqlite"|"postgresql", **settings)`.
+
+    Each client is closed (its engine stopped) at the end; `await client.close()` stops one
+    earlier, as a restart does.
+    """
     clients: list[TestClient[Any, Any]] = []
     urls: list[str] = []
 
     async def make(store: str = "sqlite", **overrides: Any) -> TestClient[Any, Any]:
-        url = await new_database_url(store, tmp_path)
-        urls.append(url)
+        # A `database_url` override restarts an engine on an earlier one's database.
+        url = overrides.pop("database_url", None)
+        if url is None:
+            url = await new_database_url(store, tmp_path)
+            urls.append(url)
+        overrides.setdefault("attachments_path", tmp_path / "attachments")
         client: TestClient[Any, Any] = TestClient(
             TestServer(build_app(settings_for(url, **overrides)))
         )
@@ -79,11 +89,14 @@ class CallbackRecorder:
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.fail_with: list[int] = []
+        #: Seconds to wait before answering, as a hung provider would.
+        self.delay_s = 0.0
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(await request.json())
         self.headers.append(dict(request.headers))
+        await asyncio.sleep(self.delay_s)
         if self.fail_with:
             return web.Response(status=self.fail_with.pop(0))
         return web.json_response({"ok": True})
@@ -128,6 +141,16 @@ async def assert_all_published(prefix: str, expected: set[int], queue: str = "dl
     assert expected <= seen
 
 
+async def outbound_channels() -> set[str]:
+    """Every channel the registered adapters carry replies on (an outbound queue each)."""
+    async with aiohttp.ClientSession() as session:
+        adapters = [build(Settings(), session) for build in REGISTRY.values()]
+        channels = {c for adapter in adapters for c in adapter.carries()}
+        for adapter in adapters:
+            await adapter.close()
+    return channels
+
+
 async def delete_topology(prefix: str) -> None:
     """Remove a test's exchange and queues from the shared broker."""
     assert BROKER_URL
@@ -135,7 +158,9 @@ async def delete_topology(prefix: str) -> None:
     async with connection:
         channel = await connection.channel()
         codes = load_rules(REPO / "config" / "routing.yaml").opds
-        for name in [f"{prefix}.opd.{c}" for c in codes] + [f"{prefix}.dead"]:
+        names = [f"{prefix}.opd.{c}" for c in codes] + [f"{prefix}.dead"]
+        names += [f"{prefix}.outbound.{c}" for c in await outbound_channels()]
+        for name in names:
             try:
                 await channel.queue_delete(name)
             except aio_pika.exceptions.AMQPError:

@@ -194,7 +194,7 @@ async def test_a_reply_whose_provider_id_is_taken_is_still_recorded_as_sent(
             return "provider-id-1"
 
     engine = client.server.app[ENGINE]
-    engine.deliverer._senders["api"] = SameIdSender()
+    engine.deliverer._senders = lambda _channel, _account: SameIdSender()
     conv_id = (await post(client))["conversation_id"]
     for text in ("first", "second"):
         await client.post(f"/api/v1/conversations/{conv_id}/messages", json={"text": text},

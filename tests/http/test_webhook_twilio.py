@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+import sqlalchemy as sa
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from omnichannel.adapters.base import WebhookRequest
 from omnichannel.adapters.twilio import EMPTY_TWIML
+from omnichannel.appkeys import ENGINE
+from omnichannel.store.tables import MESSAGE
 from tests.adapters.kits import (
     CITIZEN_PHONE,
     TWILIO,
@@ -21,10 +27,11 @@ from tests.adapters.kits import (
     TWILIO_SMS,
     TWILIO_TOKEN,
     TWILIO_WA,
+    media_url,
     twilio_inbound,
     twilio_request,
     twilio_status,
-    whatsapp_inbound,
+    twilio_whatsapp_inbound,
 )
 from tests.conftest import BROKER_URL
 from tests.http.conftest import (
@@ -136,7 +143,7 @@ async def test_one_citizen_on_sms_whatsapp_and_a_form_is_one_contact(
 ) -> None:
     client = await make_client(twilio_accounts=ACCOUNTS, public_url=PUBLIC)
     assert (await deliver(client, twilio_request(twilio_inbound(SMS_SID, REPORT)))).status == 200
-    whatsapp = twilio_request(whatsapp_inbound(WA_SID, "Air PDAM mati tiga hari"))
+    whatsapp = twilio_request(twilio_whatsapp_inbound(WA_SID, "Air PDAM mati tiga hari"))
     assert (await deliver(client, whatsapp)).status == 200
     # The same citizen writes the number nationally on the admins' offline form.
     resp = await client.post("/webhooks/api", headers=API_AUTH, json={
@@ -214,7 +221,7 @@ async def test_agent_reply_reaches_twilio_as_the_documented_form(
     else:
         client = await make_client(**settings)
     inbound = (twilio_inbound(SMS_SID, REPORT) if channel == "sms"
-               else whatsapp_inbound(WA_SID, REPORT))
+               else twilio_whatsapp_inbound(WA_SID, REPORT))
     resp = await deliver(client, twilio_request(inbound))
     assert resp.status == 200
     [conv] = await conversations(client)
@@ -242,3 +249,102 @@ async def test_agent_reply_reaches_twilio_as_the_documented_form(
     assert reply == {"To": prefix_ + CITIZEN_PHONE, "From": prefix_ + ours, "Body": text,
                      "StatusCallback": PUBLIC + "/webhooks/twilio"}
     assert acknowledgement["From"] == reply["From"] and acknowledgement["To"] == reply["To"]
+
+
+async def test_past_the_whatsapp_window_only_a_template_leaves_and_files_never(
+    make_client: MakeClient, twilio_api: FakeTwilio
+) -> None:
+    client = await make_client(twilio_accounts=ACCOUNTS, twilio_api_url=twilio_api.url,
+                               public_url=PUBLIC)
+    await deliver(client, twilio_request(twilio_whatsapp_inbound(WA_SID, REPORT)))
+    await deliver(client, twilio_request(twilio_inbound(SMS_SID, REPORT)))
+    convs = {c["channel"]: c for c in await conversations(client)}
+    wa, sms = convs["whatsapp"], convs["sms"]
+
+    async def reply(conv: dict[str, Any], body: dict[str, Any]) -> ClientResponse:
+        return await client.post(f"/api/v1/conversations/{conv['id']}/messages", json=body,
+                                 headers=AGENT_AUTH)
+
+    # The citizen last wrote 25 hours ago: WhatsApp's customer-service window has closed.
+    engine = client.server.app[ENGINE]
+    async with engine.db.write(engine.db.api) as conn:
+        await conn.execute(sa.update(MESSAGE).where(MESSAGE.c.conversation_id == wa["id"])
+                           .values(sent_at=datetime.now(UTC) - timedelta(hours=25)))
+    resp = await reply(wa, {"text": "Apakah masih rusak?"})
+    assert resp.status == 422 and (await resp.json())["reason"] == "reply_window_closed"
+    template = {"name": "HX" + "d" * 32, "parameters": [wa["tracking_number"], "DLHP"]}
+    assert (await reply(wa, {"template": template})).status == 202
+    await wait_for_delivery(client, wa["id"], "sent")
+    [sent] = twilio_api.forms
+    assert (sent["From"], sent["To"], sent["ContentSid"]) == (
+        "whatsapp:" + TWILIO_WA, "whatsapp:" + CITIZEN_PHONE, "HX" + "d" * 32)
+    assert json.loads(sent["ContentVariables"]) == {"1": wa["tracking_number"], "2": "DLHP"}
+    assert "Body" not in sent
+
+    # SMS has no templates, and neither channel sends agents' files through Twilio yet.
+    resp = await reply(sms, {"template": template})
+    assert resp.status == 422 and "does not send templates" in (await resp.json())["error"]
+    upload = await client.post("/api/v1/attachments", data=b"\xff\xd8jpeg",
+                               headers={**AGENT_AUTH, "Content-Type": "image/jpeg"})
+    assert upload.status in (200, 201), await upload.text()
+    blob = {"blob_id": (await upload.json())["blob_id"], "content_type": "image/jpeg"}
+    for conv in (sms, wa):
+        resp = await reply(conv, {"text": "Foto perbaikan", "attachments": [blob]})
+        assert resp.status == 422 and "cannot carry files" in (await resp.json())["error"]
+    assert len(twilio_api.forms) == 1
+
+
+PHOTO = b"\xff\xd8\xff\xe0" + b"lubang" * 400
+
+
+async def test_a_citizens_photo_is_fetched_from_twilio_and_served_to_agents(
+    make_client: MakeClient,
+) -> None:
+    """Twilio's media URL wants the account's basic auth and redirects to a CDN on another host."""
+    api_auth: list[str | None] = []
+    cdn_auth: list[str | None] = []
+    cdn_url = ""
+
+    async def media(request: web.Request) -> web.Response:
+        api_auth.append(request.headers.get("Authorization"))
+        raise web.HTTPTemporaryRedirect(cdn_url)
+
+    async def cdn(request: web.Request) -> web.Response:
+        cdn_auth.append(request.headers.get("Authorization"))
+        return web.Response(body=PHOTO, content_type="image/jpeg")
+
+    api, store = web.Application(), web.Application()
+    api.router.add_get(f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/{{m}}/Media/{{me}}", media)
+    store.router.add_get("/cdn/photo", cdn)
+    api_server, cdn_server = TestServer(api, host="127.0.0.1"), TestServer(store, host="127.0.0.2")
+    await api_server.start_server()
+    await cdn_server.start_server()
+    try:
+        cdn_url = str(cdn_server.make_url("/cdn/photo"))
+        api_url = str(api_server.make_url("")).rstrip("/")
+        client = await make_client(twilio_accounts=ACCOUNTS, twilio_api_url=api_url,
+                                   public_url=PUBLIC)
+        mms = "MM" + "c2" * 16
+        url = media_url(mms, "ME" + "e3" * 16, api_url)
+        inbound = twilio_inbound(mms, "Lubang di jalan", extra=[
+            ("MediaContentType0", "image/jpeg"), ("MediaUrl0", url)])
+        inbound = [(k, "1" if k == "NumMedia" else v) for k, v in inbound]
+        assert (await deliver(client, twilio_request(inbound))).status == 200
+        [conv] = await conversations(client)
+
+        async def settled() -> bool:
+            first = (await conversation(client, conv["id"]))["messages"][0]
+            return bool(first["attachments"][0].get("status"))
+
+        await wait_for(settled)
+        message = (await conversation(client, conv["id"]))["messages"][0]
+        assert message["attachments"][0]["status"] == "stored"
+        resp = await client.get(f"/api/v1/messages/{message['id']}/attachments/0",
+                                headers=AGENT_AUTH)
+        assert resp.status == 200 and await resp.read() == PHOTO
+        secret = base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+        assert api_auth == [f"Basic {secret}"]
+        assert cdn_auth == [None]  # the account's credentials stayed with Twilio
+    finally:
+        await api_server.close()
+        await cdn_server.close()

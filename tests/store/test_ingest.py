@@ -263,7 +263,7 @@ async def test_a_new_conversation_gets_one_queued_acknowledgement(db: Database) 
     assert ack["id"] == first.acknowledgement_id
     assert ack["text"] == f"{first.tracking_number} -> dlhp"
     assert ack["delivery_status"] == "queued" and ack["author"] == "omnichannel"
-    assert queued == [ack["id"]]  # resumed by delivery after a restart
+    assert queued == [(ack["id"], "api")]  # resumed by delivery after a restart
     [inline] = await run(InboundMessage(channel="api-inline", account="x", external_id="i1",
                                         sender=Sender(id="z"), text="jalan rusak"))
     assert inline.acknowledgement_id is None

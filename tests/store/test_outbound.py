@@ -1,0 +1,170 @@
+"""Outbound replies in the store: claims, order within a conversation, receipts and retries."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from omnichannel.model import DeliveryStatus, InboundMessage, RouteDecision, Sender, StatusUpdate
+from omnichannel.store import outbound, queries
+from omnichannel.store.database import Database
+from omnichannel.store.ingest import Ingestor
+
+LEASE = timedelta(seconds=30)
+T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+
+
+def _router(message: InboundMessage) -> RouteDecision:
+    return RouteDecision(queue="dlhp", rule="test", reason="test")
+
+
+async def conversation(db: Database) -> int:
+    """A conversation opened by one citizen message on the `wa` channel."""
+    async with db.write() as conn:
+        [stored] = await Ingestor(_router, "AMB").ingest(conn, [InboundMessage(
+            channel="wa", account="main", external_id="in-1", sender=Sender(id="6281"),
+            text="Sampah menumpuk", sent_at=T0,
+        )])
+    return stored.conversation_id
+
+
+async def reply(db: Database, conversation_id: int, text: str) -> int:
+    async with db.write(db.api) as conn:
+        row = await outbound.add_outbound(conn, conversation_id, channel="wa", account="main",
+                                          text=text, author="agent")
+    message_id: int = row["id"]
+    return message_id
+
+
+async def claim(db: Database, message_id: int, lease: timedelta = LEASE,
+                **kw: Any) -> dict[str, Any] | None:
+    async with db.write(db.api) as conn:
+        return await outbound.claim(conn, message_id, lease, **kw)
+
+
+async def sent(db: Database, message_id: int, external_id: str | None = None) -> None:
+    async with db.write(db.api) as conn:
+        await outbound.record_delivery(conn, message_id, status=DeliveryStatus.SENT,
+                                       attempts=1, external_id=external_id)
+
+
+async def message(db: Database, message_id: int) -> dict[str, Any]:
+    async with db.api.connect() as conn:
+        found = await outbound.outbound_message(conn, message_id)
+    assert found is not None
+    return found
+
+
+async def test_only_one_of_many_racing_workers_claims_a_reply(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Petugas menuju lokasi")
+    claims = await asyncio.gather(*(claim(db, message_id) for _ in range(8)))
+    assert sum(c is not None for c in claims) == 1
+    async with db.api.connect() as conn:
+        state, lapses = await outbound.unsent_state(conn, message_id)
+    assert state == "claimed" and lapses is not None and lapses > datetime.now(UTC)
+
+
+async def test_a_claim_whose_worker_died_lapses(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    assert await claim(db, message_id, timedelta(seconds=-1)) is not None
+    # The lease is over: the worker died mid-send, so another may take the message.
+    assert await claim(db, message_id) is not None
+    assert await claim(db, message_id) is None
+    await sent(db, message_id)
+    async with db.api.connect() as conn:
+        assert await outbound.unsent_state(conn, message_id) == ("done", None)
+        assert await outbound.unsent(conn) == []
+
+
+async def test_replies_of_a_conversation_are_claimed_in_order(db: Database) -> None:
+    conv = await conversation(db)
+    first, second = await reply(db, conv, "satu"), await reply(db, conv, "dua")
+    assert await claim(db, second) is None
+    async with db.api.connect() as conn:
+        assert (await outbound.unsent_state(conn, second))[0] == "waiting"
+    assert await claim(db, second, in_order=False) is not None  # a worker out of patience
+    async with db.write(db.api) as conn:
+        await outbound.release(conn, second)
+    assert await claim(db, first) is not None
+    assert await claim(db, second) is None
+    await sent(db, first)
+    assert await claim(db, second) is not None
+
+
+async def test_receipts_advance_a_reply_and_never_move_it_back(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    await claim(db, message_id)
+    await sent(db, message_id, external_id="wamid.1")
+
+    def receipt(status: DeliveryStatus, error: str | None = None) -> StatusUpdate:
+        return StatusUpdate(channel="wa", account="main", external_id="wamid.1",
+                            status=status, at=T0, error=error)
+
+    async with db.write() as conn:
+        assert await outbound.record_receipts(conn, [receipt(DeliveryStatus.READ)]) == 1
+        # Out of order, and repeated: a late `delivered` and `sent` change nothing.
+        late = [receipt(DeliveryStatus.DELIVERED), receipt(DeliveryStatus.SENT),
+                receipt(DeliveryStatus.READ)]
+        assert await outbound.record_receipts(conn, late) == 0
+    assert (await message(db, message_id))["delivery_status"] == "read"
+
+
+async def test_a_failed_receipt_shows_the_providers_error(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    await sent(db, message_id, external_id="SM1")
+    async with db.write() as conn:
+        await outbound.record_receipts(conn, [StatusUpdate(
+            channel="wa", account="main", external_id="SM1", status=DeliveryStatus.FAILED,
+            at=T0, error="30003: Unreachable destination handset")])
+    found = await message(db, message_id)
+    assert found["delivery_status"] == "failed"
+    assert found["delivery_error"] == "30003: Unreachable destination handset"
+
+
+async def test_a_receipt_that_overtakes_the_send_is_applied_when_the_send_is_recorded(
+    db: Database,
+) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    await claim(db, message_id)
+    async with db.write() as conn:
+        early = StatusUpdate(channel="wa", account="main", external_id="wamid.2",
+                             status=DeliveryStatus.DELIVERED, at=T0)
+        assert await outbound.record_receipts(conn, [early]) == 0
+    await sent(db, message_id, external_id="wamid.2")
+    assert (await message(db, message_id))["delivery_status"] == "delivered"
+
+
+async def test_receipts_of_another_account_or_of_inbound_messages_change_nothing(
+    db: Database,
+) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    await sent(db, message_id, external_id="x-1")
+    async with db.write() as conn:
+        other = [StatusUpdate(channel="wa", account="second-number", external_id="x-1",
+                              status=DeliveryStatus.READ, at=T0),
+                 StatusUpdate(channel="wa", account="main", external_id="in-1",
+                              status=DeliveryStatus.READ, at=T0)]
+        assert await outbound.record_receipts(conn, other) == 0
+    assert (await message(db, message_id))["delivery_status"] == "sent"
+
+
+async def test_only_a_failed_reply_can_be_retried(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    async with db.write(db.api) as conn:
+        with pytest.raises(outbound.RetryRefused, match="queued"):
+            await outbound.retry(conn, message_id)
+        await outbound.record_delivery(conn, message_id, status=DeliveryStatus.FAILED,
+                                       attempts=5, error="HTTP 500")
+        assert await outbound.retry(conn, message_id) is True
+        assert await outbound.retry(conn, 10**9) is False
+        with pytest.raises(outbound.RetryRefused, match="inbound"):
+            await outbound.retry(conn, 1)
+    found = await message(db, message_id)
+    assert (found["delivery_status"], found["delivery_attempts"]) == ("queued", 0)
+    async with db.api.connect() as conn:
+        assert await outbound.unsent(conn) == [(message_id, "wa")]
+        target = await queries.conversation_channel(conn, found["conversation_id"])
+    assert target.last_inbound_at is not None
