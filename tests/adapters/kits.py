@@ -49,6 +49,8 @@ class Kit:
     account: str = "default"
     channel: str = ""
     recipient: str = "4242"
+    #: Whether the provider answers a send with its id for the message (a receipt).
+    gives_receipt: bool = True
 
     def __post_init__(self) -> None:
         self.channel = self.channel or self.name
@@ -91,6 +93,7 @@ API = Kit(
     signs_body=False,
     provider_path="/callback",
     provider_reply=lambda status: {"ok": status < 300},
+    gives_receipt=False,
 )
 
 BOT_TOKEN = "123456:contract-suite-bot-token"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -15,8 +16,15 @@ from aiohttp.test_utils import TestServer
 
 from omnichannel.adapters import REGISTRY
 from omnichannel.adapters.base import SignatureError
-from omnichannel.delivery import DeliveryError, Outgoing
+from omnichannel.blobs import BlobStore
+from omnichannel.bus.work import LocalWorkQueues
+from omnichannel.delivery import Deliverer, DeliveryError, Outgoing
+from omnichannel.model import InboundMessage, RouteDecision
+from omnichannel.store import outbound
+from omnichannel.store.database import create_database
+from omnichannel.store.ingest import Ingestor
 from tests.adapters.kits import KITS, Kit
+from tests.conftest import new_database_url
 
 
 def outgoing(kit: Kit) -> Outgoing:
@@ -111,10 +119,12 @@ async def test_send_reaches_the_provider(
 ) -> None:
     fake, url = provider
     adapter = kit.build(url, session)
-    await adapter.send(outgoing(kit))
+    receipt = await adapter.send(outgoing(kit))
     await adapter.close()
     [body] = fake.received
     assert "Terima kasih" in unquote_plus(body.decode())  # JSON or form-encoded
+    # The provider's id for the message, which its delivery receipts will name.
+    assert (receipt is not None) is kit.gives_receipt
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True),
@@ -147,3 +157,40 @@ async def test_unreachable_or_hung_provider_is_a_retryable_error(
         await hung.send(outgoing(kit))
     await hung.close()
     assert timed_out.value.retryable
+
+
+@pytest.mark.parametrize("failure", ["5xx", "timeout"])
+async def test_a_failing_provider_is_retried_then_the_reply_marked_failed(
+    kit: Kit, provider: tuple[FakeProvider, str], session: aiohttp.ClientSession,
+    tmp_path: Path, failure: str,
+) -> None:
+    fake, url = provider
+    if failure == "5xx":
+        fake.answers = [503] * 3
+    else:
+        fake.delay_s = 5  # longer than the deliverer's bound on a call
+    adapter = kit.build(url, session)
+    request, _ = kit.fixtures[0]
+    db = create_database(await new_database_url("sqlite", tmp_path))
+    try:
+        async with db.write() as conn:
+            [stored] = await Ingestor(_triage, "AMB").ingest(conn, adapter.parse(request))
+            reply = await outbound.add_outbound(
+                conn, stored.conversation_id, channel=kit.channel, account=kit.account,
+                text="Terima kasih, laporan sudah diteruskan.", author="agent")
+        deliverer = Deliverer(db, lambda _channel, _account: adapter, LocalWorkQueues(),
+                              BlobStore(tmp_path), attempts=3, timeout_s=0.5, backoff_s=0.01)
+        await deliverer.deliver(reply["id"])
+        async with db.api.connect() as conn:
+            failed = await outbound.outbound_message(conn, reply["id"])
+    finally:
+        await adapter.close()
+        await db.dispose()
+    assert failed is not None
+    assert (failed["delivery_status"], failed["delivery_attempts"]) == ("failed", 3)
+    assert len(fake.received) == 3
+    assert failed["delivery_error"]
+
+
+def _triage(_message: InboundMessage) -> RouteDecision:
+    return RouteDecision(queue="triage", rule=None, reason="contract suite")
