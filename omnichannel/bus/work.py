@@ -88,6 +88,9 @@ class RabbitWorkQueues(WorkQueues):
         self._consumer: AbstractRobustChannel | None = None
         self._consuming: list[tuple[AbstractQueue, str]] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        self._handler: WorkHandler | None = None
+        self._declared: set[str] = set()
+        self._declaring = asyncio.Lock()
 
     def queue_name(self, name: str) -> str:
         """`<prefix>.outbound.<name>`."""
@@ -98,18 +101,31 @@ class RabbitWorkQueues(WorkQueues):
         connection = self._bus.connection
         if connection is None:
             raise BusError("the bus is not started")
+        self._handler = handler
         try:
             self._publisher = await connection.channel(publisher_confirms=True)
             self._consumer = await connection.channel(publisher_confirms=False)
             await self._consumer.set_qos(prefetch_count=self._prefetch)
-            for name in names:
+        except (aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise BusError(f"cannot open channels for outbound queues: {exc!r}") from exc
+        for name in names:
+            await self._declare(name)
+
+    async def _declare(self, name: str) -> None:
+        """Declare and consume one queue, once."""
+        async with self._declaring:
+            if name in self._declared:
+                return
+            assert self._consumer is not None and self._handler is not None
+            try:
                 queue = await self._consumer.declare_queue(
                     self.queue_name(name), durable=True, arguments=self._bus.queue_arguments()
                 )
-                tag = await queue.consume(self._consumer_of(handler))
-                self._consuming.append((queue, tag))
-        except (aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
-            raise BusError(f"cannot declare outbound queues: {exc!r}") from exc
+                tag = await queue.consume(self._consumer_of(self._handler))
+            except (aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+                raise BusError(f"cannot declare outbound queue {name!r}: {exc!r}") from exc
+            self._consuming.append((queue, tag))
+            self._declared.add(name)
 
     def _consumer_of(
         self, handler: WorkHandler
@@ -141,6 +157,9 @@ class RabbitWorkQueues(WorkQueues):
         """Publish `item` persistently and wait for the broker's confirm."""
         if self._publisher is None:
             raise BusError("work queues not started")
+        # A channel no adapter announced at start-up still gets its queue, rather than an
+        # unroutable publish that would leave the reply waiting for the next start.
+        await self._declare(name)
         try:
             if self._publisher.is_closed:
                 await self._publisher.ready()

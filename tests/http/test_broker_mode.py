@@ -8,11 +8,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from omnichannel.appkeys import ENGINE
 from omnichannel.model import InboundMessage, Sender
+from tests.adapters.graph import fake_graph
+from tests.adapters.kits import (
+    WHATSAPP,
+    whatsapp_body,
+    whatsapp_request,
+    whatsapp_status,
+    whatsapp_value,
+)
 from tests.conftest import BROKER_URL, PG_URL
 from tests.http.conftest import (
     AGENT_AUTH,
@@ -21,7 +30,9 @@ from tests.http.conftest import (
     assert_all_published,
     delete_topology,
 )
+from tests.http.test_agent_api import conversation, wait_for_delivery
 from tests.http.test_webhook_api import GOOD
+from tests.http.test_webhook_whatsapp import SETTINGS as WHATSAPP_SETTINGS
 
 
 @pytest.fixture
@@ -88,3 +99,39 @@ async def test_ingest_is_not_starved_by_slow_agent_queries(
     await asyncio.gather(*hogs)
     resp = await client.get("/api/v1/conversations", headers=AGENT_AUTH)
     assert resp.status == 200
+
+
+async def test_whatsapp_both_ways_on_postgresql_and_rabbitmq(
+    make_client: MakeClient, prefix: str
+) -> None:
+    async with fake_graph() as graph:
+        client = await make_client("postgresql", broker_url=BROKER_URL, broker_prefix=prefix,
+                                   **WHATSAPP_SETTINGS, whatsapp_api_url=graph.url)
+        request, _ = WHATSAPP.fixtures[0]
+        resp = await client.post("/webhooks/whatsapp", data=request.body,
+                                 headers=dict(request.headers))
+        assert resp.status == 200, await resp.text()
+        stored = (await resp.json())["stored"]
+        await assert_all_published(prefix, set(stored), queue="dlhp")
+
+        conv_id = (await conversation_of(client))["id"]
+        resp = await client.post(f"/api/v1/conversations/{conv_id}/messages",
+                                 json={"text": "Petugas menuju lokasi."}, headers=AGENT_AUTH)
+        assert resp.status == 202
+        await wait_for_delivery(client, conv_id, "sent")
+        [sent] = graph.sent()
+        assert orjson.loads(sent.body)["text"]["body"] == "Petugas menuju lokasi."
+        wamid = (await conversation(client, conv_id))["messages"][-1]["external_id"]
+        receipt = whatsapp_request(whatsapp_body(whatsapp_value([], statuses=[
+            whatsapp_status(wamid, "read")])))
+        resp = await client.post("/webhooks/whatsapp", data=receipt.body,
+                                 headers=dict(receipt.headers))
+        assert resp.status == 200
+        await wait_for_delivery(client, conv_id, "read")
+
+
+async def conversation_of(client: Any) -> dict[str, Any]:
+    resp = await client.get("/api/v1/conversations", headers=AGENT_AUTH)
+    [conv] = (await resp.json())["conversations"]
+    result: dict[str, Any] = conv
+    return result
