@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import aiohttp
 import structlog
@@ -12,7 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from omnichannel import metrics
-from omnichannel.adapters import REGISTRY, Adapter
+from omnichannel.adapters import ADAPTER_ROUTES, REGISTRY, Adapter
+from omnichannel.adapters.base import EngineAccess
 from omnichannel.adapters.webhook import handle_webhook
 from omnichannel.appkeys import ENGINE
 from omnichannel.blobs import BlobStore
@@ -27,7 +29,7 @@ from omnichannel.openapi import openapi_document
 from omnichannel.pipeline import IngestPipeline, Publisher
 from omnichannel.router import RulesError, RuleSet, load_rules
 from omnichannel.settings import Settings
-from omnichannel.store import outbound, outbox
+from omnichannel.store import outbound, outbox, queries
 from omnichannel.store.database import Database, create_database
 from omnichannel.store.ingest import Ingestor
 from omnichannel.store.migrate import upgrade
@@ -152,11 +154,21 @@ class Engine:
             self.adapters[name] = build(self.settings, self._http)
         await self.publisher.start()
         await self.pipeline.start()
+        access = EngineAccess(submit=self.pipeline.submit, record_receipts=self.record_receipts,
+                              thread=self._thread)
         await self.deliverer.start(sorted(self.channels()))
         await self.fetcher.start()
+        for adapter in self.adapters.values():
+            await adapter.start(access)
         log.info("engine_started", database=self.db.dialect,
                  bus="rabbitmq" if self.settings.broker_url else "in-process",
                  opds=len(self.rules.opds))
+
+    async def _thread(self, channel: str, account: str, address: str,
+                      after_id: int) -> list[dict[str, Any]]:
+        async with self.db.api.connect() as conn:
+            return await queries.thread(conn, channel=channel, account=account,
+                                        address=address, after_id=after_id)
 
     async def record_receipts(self, receipts: list[StatusUpdate]) -> None:
         """Store providers' delivery receipts and advance their messages' delivery states."""
@@ -259,6 +271,8 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.on_shutdown.append(on_shutdown)
     for channel in REGISTRY:
         app.router.add_route("*", f"/webhooks/{channel}", webhook_view(channel))
+    for routes in ADAPTER_ROUTES:
+        app.router.add_routes(routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

@@ -114,6 +114,9 @@ class InboundMessage:
     #: Set when the citizen edited a message already sent: this is its new version, with the
     #: same external id, and replaces the stored text (the earlier versions are kept).
     edited_at: datetime | None = None
+    #: A tracking number the message names (an e-mail reply's subject): the message joins
+    #: that conversation when it is the same contact's on the same channel account.
+    thread_hint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

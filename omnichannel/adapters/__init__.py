@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import aiohttp
+from aiohttp import web
 
 from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter
@@ -39,4 +40,9 @@ REGISTRY: dict[str, Factory] = {
     ),
 }
 
-__all__ = ["REGISTRY", "Adapter", "Factory"]
+#: HTTP routes of adapters besides `/webhooks/<name>` (a widget's script, a chat page, a
+#: socket). They are mounted when the application is built, before any adapter exists, so each
+#: handler finds its adapter at request time in `request.app[ENGINE].adapters`.
+ADAPTER_ROUTES: list[web.RouteTableDef] = []
+
+__all__ = ["ADAPTER_ROUTES", "REGISTRY", "Adapter", "Factory"]

@@ -9,7 +9,7 @@ message durably before answering, metrics and logs.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -98,6 +98,19 @@ class TooLarge(FetchError):
         self.limit_bytes = limit_bytes
 
 
+@dataclass(frozen=True, slots=True)
+class EngineAccess:
+    """What an adapter that runs its own server or connection may ask of the engine."""
+
+    #: Store a citizen's message durably (group-committed); returns once it is on disk.
+    submit: Callable[[InboundMessage], Awaitable[Stored]]
+    #: Record providers' delivery receipts.
+    record_receipts: Callable[[list[StatusUpdate]], Awaitable[object]]
+    #: Messages to and from one address on a channel account after a message id, oldest
+    #: first: `thread(channel, account, address, after_id)`.
+    thread: Callable[[str, str, str, int], Awaitable[list[dict[str, Any]]]]
+
+
 class Adapter(abc.ABC):
     """One channel account: verifies and parses what arrives, sends what leaves."""
 
@@ -153,6 +166,13 @@ class Adapter(abc.ABC):
         otherwise; never reads more than `max_bytes` into memory.
         """
         raise FetchError(f"the {self.name} channel keeps no files to fetch", retryable=False)
+
+    async def start(self, engine: EngineAccess) -> None:  # noqa: B027 - webhooks need nothing
+        """Begin taking messages on a server or connection of the adapter's own (SMTP, XMPP).
+
+        Called once the engine's stages run; a connection that drops is re-established with
+        `omnichannel.adapters.connection.reconnecting`, not given up.
+        """
 
     async def close(self) -> None:  # noqa: B027 - most adapters hold nothing to release
         """Release connections the adapter holds."""

@@ -10,11 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnichannel.model import ConversationStatus, Direction
 from omnichannel.store.ingest import as_utc
-from omnichannel.store.tables import CONTACT, CONVERSATION, MESSAGE, utcnow
+from omnichannel.store.tables import CONTACT, CONTACT_IDENTITY, CONVERSATION, MESSAGE, utcnow
 
 _contact = CONTACT
 _conversation = CONVERSATION
 _message = MESSAGE
+_identity = CONTACT_IDENTITY
 
 
 class ConflictError(Exception):
@@ -109,3 +110,29 @@ async def set_status(
         ) from exc
     return bool(result.rowcount)
 
+
+
+async def thread(
+    conn: AsyncConnection, *, channel: str, account: str, address: str, after_id: int = 0,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Messages to and from one address on a channel account, oldest first, after `after_id`.
+
+    What a channel that shows the citizen their own history (the web chat) reads back: every
+    conversation of that identity, so a returning visitor sees earlier ones too.
+    """
+    m = _message.c
+    identity = _identity.c
+    conversations = (
+        sa.select(_conversation.c.id)
+        .join(_identity, _identity.c.contact_id == _conversation.c.contact_id)
+        .where(identity.channel == channel, identity.address == address,
+               _conversation.c.channel == channel, _conversation.c.account == account)
+    )
+    rows = await conn.execute(
+        sa.select(m.id, m.conversation_id, m.direction, m.text, m.attachments, m.author,
+                  m.sent_at, m.delivery_status)
+        .where(m.conversation_id.in_(conversations), m.id > after_id)
+        .order_by(m.id).limit(limit)
+    )
+    return [json_row(r._mapping) for r in rows]

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from omnichannel.model import DeliveryStatus, InboundMessage, RouteDecision, Sender, StatusUpdate
+from omnichannel.model import (
+    ConversationStatus,
+    DeliveryStatus,
+    InboundMessage,
+    RouteDecision,
+    Sender,
+    StatusUpdate,
+)
 from omnichannel.store import outbound, queries
 from omnichannel.store.database import Database
 from omnichannel.store.ingest import Ingestor
@@ -168,3 +175,27 @@ async def test_only_a_failed_reply_can_be_retried(db: Database) -> None:
         assert await outbound.unsent(conn) == [(message_id, "wa")]
         target = await queries.conversation_channel(conn, found["conversation_id"])
     assert target.last_inbound_at is not None
+
+
+async def test_a_thread_holds_both_directions_of_every_conversation_of_an_address(
+    db: Database,
+) -> None:
+    conv = await conversation(db)
+    reply_id = await reply(db, conv, "Petugas menuju lokasi")
+    async with db.write(db.api) as conn:
+        await queries.set_status(conn, conv, ConversationStatus.RESOLVED)
+    async with db.write() as conn:
+        [later] = await Ingestor(_router, "AMB").ingest(conn, [InboundMessage(
+            channel="wa", account="main", external_id="in-2", sender=Sender(id="6281"),
+            text="Sampah datang lagi", sent_at=T0 + timedelta(days=2))])
+    assert later.conversation_id != conv
+    async with db.api.connect() as conn:
+        whole = await queries.thread(conn, channel="wa", account="main", address="6281")
+        since = await queries.thread(conn, channel="wa", account="main", address="6281",
+                                     after_id=reply_id)
+        other = await queries.thread(conn, channel="wa", account="second", address="6281")
+    assert [(m["direction"], m["text"]) for m in whole] == [
+        ("inbound", "Sampah menumpuk"), ("outbound", "Petugas menuju lokasi"),
+        ("inbound", "Sampah datang lagi")]
+    assert [m["text"] for m in since] == ["Sampah datang lagi"]
+    assert other == []
