@@ -96,6 +96,12 @@ class Engine:
         return template.format(tracking_number=tracking, opd=self.rules.opds.get(queue, queue))
 
     def _route(self, message: InboundMessage) -> RouteDecision:
+        adapter = self.sender_of(message.channel, message.account)
+        bound = adapter.bound_queue(message.account) if adapter is not None else None
+        if bound is not None:
+            return RouteDecision(queue=bound, rule=f"account:{message.account}",
+                                 reason=f"{message.channel} account {message.account!r} "
+                                        f"belongs to {bound}")
         return self.rules.route(
             message.text, channel=message.channel, account=message.account,
             sender=message.sender.id,

@@ -144,6 +144,10 @@ class Adapter(abc.ABC):
         """Whether replies in conversations of `channel` and `account` leave through here."""
         return channel in self.carries()
 
+    def bound_queue(self, account: str) -> str | None:
+        """The OPD an account belongs to (a department's own chat widget), rules or not."""
+        return None
+
     def capabilities_of(self, channel: str) -> Capabilities:
         """What `channel` can carry through this adapter."""
         return self.capabilities
