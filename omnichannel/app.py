@@ -59,6 +59,7 @@ class Engine:
         self.deliverer = Deliverer(
             self.db, self.sender_of, make_work_queues(self.bus), self.blobs,
             attempts=settings.delivery_attempts, timeout_s=settings.delivery_timeout_s,
+            sweep_s=settings.delivery_sweep_s,
         )
         self.fetcher = Fetcher(
             self.db, self.sender_of, self.blobs, max_bytes=settings.max_attachment_bytes,

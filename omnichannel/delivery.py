@@ -19,7 +19,6 @@ from omnichannel.bus.work import WorkQueues
 from omnichannel.model import DeliveryStatus, Template
 from omnichannel.store import outbound, queries
 from omnichannel.store.database import Database
-from omnichannel.store.tables import utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -81,20 +80,23 @@ SenderLookup = Callable[[str, str], "Sender | None"]
 #: belongs to a worker that died.
 LEASE_MARGIN_S = 5.0
 
-#: Times a worker waits for another's claim to lapse before leaving the message to it.
-CLAIM_WAITS = 3
+#: A queued reply untouched this long is offered again by the sweep (its work item was lost).
+STALLED_AFTER_S = 30.0
 
 
 class Deliverer:
     """Sends queued replies through their channel's work queue, with retries and backoff.
 
-    Each message is claimed before it is sent, so however many workers, redeliveries and
-    restarts race for it, one sends it; a claim lapses if its worker dies mid-send.
+    Each reply is claimed before it is sent, so however many workers, redeliveries and
+    restarts race for it, one sends it. A conversation's replies go one at a time, in order:
+    a reply whose predecessor is unsent is left to it, and each finished reply offers the next.
+    A periodic sweep offers again what no one holds: replies whose worker died mid-send (its
+    claim lapsed) or whose work item was lost.
     """
 
     def __init__(
         self, db: Database, senders: SenderLookup, queues: WorkQueues, blobs: BlobStore, *,
-        attempts: int, timeout_s: float, backoff_s: float = 0.5,
+        attempts: int, timeout_s: float, backoff_s: float = 0.5, sweep_s: float = 10.0,
     ) -> None:
         self._db = db
         self._blobs = blobs
@@ -103,15 +105,32 @@ class Deliverer:
         self._attempts = attempts
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
+        self._sweep_s = sweep_s
         self._publishing: set[asyncio.Task[None]] = set()
+        #: Replies claimed by the worker that sent their predecessor.
+        self._chained: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, channels: Sequence[str]) -> None:
-        """Consume every channel's queue and resume replies left unsent by a stop or a crash."""
+        """Consume every channel's queue, resume replies left unsent, and start the sweep."""
         await self._queues.start(channels, self.deliver)
+        await self._offer(stalled_after=None)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _offer(self, stalled_after: timedelta | None) -> None:
+        """Submit the first unsent reply of every conversation that has one (and is stalled)."""
         async with self._db.api.connect() as conn:
-            pending = await outbound.unsent(conn)
+            pending = await outbound.unsent(conn, stalled_after=stalled_after)
         for message_id, channel in pending:
             self.submit(message_id, channel)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_s)
+            try:
+                await self._offer(stalled_after=timedelta(seconds=STALLED_AFTER_S))
+            except Exception:
+                log.exception("delivery_sweep_failed")
 
     def submit(self, message_id: int, channel: str) -> None:
         """Queue a stored outbound message for delivery (in the background)."""
@@ -123,50 +142,45 @@ class Deliverer:
         try:
             await self._queues.put(channel, message_id)
         except BusError as exc:
-            # The reply stays queued in the database and is queued again at the next start.
+            # The reply stays queued in the database; the sweep offers it again.
             log.error("reply_not_queued", message_id=message_id, error=str(exc))
 
     async def stop(self) -> None:
         """Stop sending; replies in progress go back to `queued` and resume at the next start."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for task in list(self._publishing):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._queues.close()
+        for task in list(self._chained):
+            task.cancel()
+        for task in list(self._chained):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _lease(self, attempt: int) -> timedelta:
         return timedelta(seconds=self._timeout_s * 2 + self._backoff_s * 2**attempt
                          + LEASE_MARGIN_S)
 
-    async def _claim(self, message_id: int) -> dict[str, Any] | None:
-        # Waiting for an earlier reply of the conversation is bounded: past that, sending out
-        # of order beats not sending (an item taken from the queue is not offered again).
-        patience = self._attempts * (self._timeout_s + self._backoff_s * 2**self._attempts)
-        waited = 0.0
-        claim_waits = 0
-        while True:
-            async with self._db.write(self._db.api) as conn:
-                claimed = await outbound.claim(conn, message_id, self._lease(0),
-                                               in_order=waited < patience)
-                if claimed is not None:
-                    return claimed
-                state, lapses = await outbound.unsent_state(conn, message_id)
-            if state == "done":
-                return None
-            if state == "claimed":
-                # Another worker holds it, or held it and died: look again once the claim
-                # lapses, and leave it to that worker if it keeps renewing it.
-                claim_waits += 1
-                if claim_waits > CLAIM_WAITS or lapses is None:
-                    return None
-                pause = max(0.0, (lapses - utcnow()).total_seconds()) + 0.05
-            else:
-                pause = min(1.0, 0.02 + waited / 4)
-            await asyncio.sleep(pause)
-            waited += pause
-
-    async def _outgoing(self, claimed: dict[str, Any]) -> Outgoing | None:
+    async def _claim(self, message_id: int) -> tuple[dict[str, Any], Any] | None:
+        """The claimed reply and its conversation's addressing, read in one transaction."""
         async with self._db.api.connect() as conn:
-            target = await queries.conversation_channel(conn, claimed["conversation_id"])
+            first = await outbound.first_unsent_of_conversation(conn, message_id)
+        if first != message_id:
+            # Sent already, or behind an earlier reply whose worker claims it when that one is
+            # recorded (this reply is committed, so that look finds it): a read spares the
+            # write lock a claim that cannot succeed.
+            return None
+        async with self._db.write(self._db.api) as conn:
+            claimed = await outbound.claim(conn, message_id, self._lease(0))
+            if claimed is None:
+                return None
+            return claimed, await queries.conversation_channel(conn, claimed["conversation_id"])
+
+    async def _outgoing(self, claimed: dict[str, Any], target: Any) -> Outgoing | None:
         if target is None:
             return None
         template = (claimed["raw"] or {}).get("template")
@@ -187,13 +201,17 @@ class Deliverer:
             files=tuple(files),
         )
 
-    async def _record(self, message_id: int, status: DeliveryStatus, attempts: int,
+    async def _record(self, claimed: dict[str, Any], status: DeliveryStatus, attempts: int,
                       error: str | None = None, external_id: str | None = None) -> None:
+        """Record how the send went and, in the same transaction, claim the conversation's
+        next reply, which this worker then sends (one write per reply on a busy thread)."""
+        message_id = claimed["id"]
         try:
             async with self._db.write(self._db.api) as conn:
                 await outbound.record_delivery(conn, message_id, status=status,
                                                attempts=attempts, error=error,
                                                external_id=external_id)
+                following = await self._claim_next(conn, claimed["conversation_id"])
         except sa.exc.IntegrityError:
             # The provider gave an id another message already has: the send happened all the
             # same, and a reply left claimed would be sent twice after a restart.
@@ -201,30 +219,51 @@ class Deliverer:
             async with self._db.write(self._db.api) as conn:
                 await outbound.record_delivery(conn, message_id, status=status,
                                                attempts=attempts, error=error)
+                following = await self._claim_next(conn, claimed["conversation_id"])
+        if following is not None:
+            task = asyncio.create_task(self._send_claimed(*following))
+            self._chained.add(task)
+            task.add_done_callback(self._chained.discard)
+
+    async def _claim_next(
+        self, conn: Any, conversation_id: int
+    ) -> tuple[dict[str, Any], Any] | None:
+        following = await outbound.next_unsent(conn, conversation_id)
+        if following is None:
+            return None
+        claimed = await outbound.claim(conn, following[0], self._lease(0))
+        if claimed is None:
+            return None  # another worker holds it
+        return claimed, await queries.conversation_channel(conn, conversation_id)
 
     async def deliver(self, message_id: int) -> None:
         """Send one reply unless it is sent or being sent; idempotent."""
-        claimed = await self._claim(message_id)
-        if claimed is None:
+        taken = await self._claim(message_id)
+        if taken is None:
+            # Sent already, held by another worker, or waiting for an earlier reply of its
+            # conversation, whose worker claims it next.
             return
+        await self._send_claimed(*taken)
+
+    async def _send_claimed(self, claimed: dict[str, Any], target: Any) -> None:
         try:
-            await self._send(claimed)
+            await self._send(claimed, target)
         except asyncio.CancelledError:
             # Stopping: hand the reply back so the next start (or another worker) sends it.
             async with self._db.write(self._db.api) as conn:
-                await outbound.release(conn, message_id)
+                await outbound.release(conn, claimed["id"])
             raise
 
-    async def _send(self, claimed: dict[str, Any]) -> None:
+    async def _send(self, claimed: dict[str, Any], target: Any) -> None:
         message_id = claimed["id"]
         try:
-            outgoing = await self._outgoing(claimed)
+            outgoing = await self._outgoing(claimed, target)
         except DeliveryError as exc:
-            await self._record(message_id, DeliveryStatus.FAILED, 0, str(exc))
+            await self._record(claimed, DeliveryStatus.FAILED, 0, str(exc))
             return
         sender = self._senders(claimed["channel"], claimed["account"])
         if outgoing is None or sender is None:
-            await self._record(message_id, DeliveryStatus.FAILED, 0,
+            await self._record(claimed, DeliveryStatus.FAILED, 0,
                                f"no sender is configured for channel {claimed['channel']!r}, "
                                f"account {claimed['account']!r}")
             return
@@ -242,7 +281,7 @@ class Deliverer:
                 error, retryable = f"no answer within {self._timeout_s:g} s", True
             else:
                 metrics.DELIVERIES.labels(outgoing.channel, "sent").inc()
-                await self._record(message_id, DeliveryStatus.SENT, attempt,
+                await self._record(claimed, DeliveryStatus.SENT, attempt,
                                    external_id=external_id)
                 bound.info("reply_sent", attempt=attempt)
                 return
@@ -254,5 +293,5 @@ class Deliverer:
                 await outbound.extend(conn, message_id, attempts=attempt, error=error,
                                       lease=self._lease(attempt))
             await asyncio.sleep(self._backoff_s * 2 ** (attempt - first))
-        await self._record(message_id, DeliveryStatus.FAILED, attempt, error)
+        await self._record(claimed, DeliveryStatus.FAILED, attempt, error)
         bound.error("reply_failed", attempts=attempt, error=error)

@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     api_statement_timeout_s: float = Field(default=10.0, gt=0)
     delivery_attempts: int = Field(default=5, gt=0)
     delivery_timeout_s: float = Field(default=10.0, gt=0)
+    #: How often replies no worker holds (one died mid-send, a work item was lost) are offered
+    #: again.
+    delivery_sweep_s: float = Field(default=10.0, gt=0)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnichannel.model import ConversationStatus, DeliveryStatus, Direction, StatusUpdate, Template
-from omnichannel.store.ingest import as_utc, insert_for
+from omnichannel.store.ingest import insert_for
 from omnichannel.store.queries import json_row
 from omnichannel.store.tables import CONVERSATION, DELIVERY_RECEIPT, MESSAGE, utcnow
 
@@ -66,57 +66,72 @@ async def add_outbound(
     return json_row(row._mapping, frozenset({"raw", "delivery_lease_until"}))
 
 
-async def claim(
-    conn: AsyncConnection, message_id: int, lease: timedelta, *, in_order: bool = True
-) -> dict[str, Any] | None:
+def _claim_statement() -> sa.Update:
+    """The claim as one conditional UPDATE, built once (an alias is costly to build per call)."""
+    m = _message.c
+    earlier = _message.alias("earlier")
+    now = sa.bindparam("now", type_=MESSAGE.c.delivery_updated_at.type)
+    return (
+        sa.update(_message)
+        .where(
+            m.id == sa.bindparam("message_id"), m.direction == Direction.OUTBOUND.value,
+            sa.or_(m.delivery_status == DeliveryStatus.QUEUED.value,
+                   sa.and_(m.delivery_status == DeliveryStatus.SENDING.value,
+                           m.delivery_lease_until < now)),
+            # An earlier reply of the conversation still unsent goes first.
+            ~sa.exists().where(
+                earlier.c.conversation_id == m.conversation_id, earlier.c.id < m.id,
+                earlier.c.direction == Direction.OUTBOUND.value,
+                earlier.c.delivery_status.in_(_UNSENT),
+            ),
+        )
+        .values(delivery_status=DeliveryStatus.SENDING.value,
+                delivery_lease_until=sa.bindparam("lease_until"), delivery_updated_at=now)
+        .returning(m.id, m.conversation_id, m.channel, m.account, m.text, m.raw,
+                   m.attachments, m.delivery_attempts)
+    )
+
+
+_CLAIM = _claim_statement()
+
+
+async def claim(conn: AsyncConnection, message_id: int, lease: timedelta) -> dict[str, Any] | None:
     """Take a queued message (or one whose sender died mid-send) for sending; None if taken.
 
-    Only one sender wins, however many workers and redeliveries race for the message. With
-    `in_order`, a reply waits while an earlier one of its conversation is still unsent, so
-    the citizen reads them in the order they were written.
+    Only one sender wins, however many workers and redeliveries race for the message. A reply
+    also waits while an earlier one of its conversation is unsent, so the citizen reads them
+    in the order they were written.
     """
     now = utcnow()
-    m = _message.c
-    conditions = [
-        m.id == message_id, m.direction == Direction.OUTBOUND.value,
-        sa.or_(m.delivery_status == DeliveryStatus.QUEUED.value,
-               sa.and_(m.delivery_status == DeliveryStatus.SENDING.value,
-                       m.delivery_lease_until < now)),
-    ]
-    if in_order:
-        earlier = _message.alias("earlier")
-        conditions.append(~sa.exists().where(
-            earlier.c.conversation_id == m.conversation_id, earlier.c.id < m.id,
-            earlier.c.direction == Direction.OUTBOUND.value,
-            earlier.c.delivery_status.in_(_UNSENT),
-        ))
-    row = (
-        await conn.execute(
-            sa.update(_message)
-            .where(*conditions)
-            .values(delivery_status=DeliveryStatus.SENDING.value,
-                    delivery_lease_until=now + lease, delivery_updated_at=now)
-            .returning(m.id, m.conversation_id, m.channel, m.account, m.text, m.raw,
-                       m.attachments, m.delivery_attempts)
-        )
-    ).first()
+    row = (await conn.execute(
+        _CLAIM, {"message_id": message_id, "now": now, "lease_until": now + lease}
+    )).first()
     return dict(row._mapping) if row else None
 
 
-async def unsent_state(conn: AsyncConnection, message_id: int) -> tuple[str, datetime | None]:
-    """Why an unclaimable message is unclaimable: `claimed` (with when the claim lapses),
-    `waiting` (an earlier reply of its conversation is unsent) or `done`."""
+async def first_unsent_of_conversation(conn: AsyncConnection, message_id: int) -> int | None:
+    """The earliest unsent reply of the conversation `message_id` belongs to, if any."""
+    m = _message.c
+    mine = _message.alias("mine")
+    first: int | None = (await conn.execute(
+        sa.select(sa.func.min(m.id))
+        .where(m.conversation_id == sa.select(mine.c.conversation_id)
+               .where(mine.c.id == message_id).scalar_subquery(),
+               m.direction == Direction.OUTBOUND.value, m.delivery_status.in_(_UNSENT))
+    )).scalar()
+    return first
+
+
+async def next_unsent(conn: AsyncConnection, conversation_id: int) -> tuple[int, str] | None:
+    """Id and channel of a conversation's earliest reply not yet sent, if any."""
     m = _message.c
     row = (await conn.execute(
-        sa.select(m.delivery_status, m.delivery_lease_until).where(m.id == message_id)
+        sa.select(m.id, m.channel)
+        .where(m.conversation_id == conversation_id, m.direction == Direction.OUTBOUND.value,
+               m.delivery_status.in_(_UNSENT))
+        .order_by(m.id).limit(1)
     )).first()
-    if row is None or row.delivery_status not in _UNSENT:
-        return "done", None
-    if row.delivery_status == DeliveryStatus.SENDING.value and row.delivery_lease_until:
-        lapses = as_utc(row.delivery_lease_until)
-        if lapses > utcnow():
-            return "claimed", lapses
-    return "waiting", None
+    return (row.id, row.channel) if row else None
 
 
 async def release(conn: AsyncConnection, message_id: int) -> None:
@@ -229,17 +244,32 @@ async def retry(conn: AsyncConnection, message_id: int) -> bool:
     return True
 
 
-async def unsent(conn: AsyncConnection) -> list[tuple[int, str]]:
-    """Ids and channels of replies queued or claimed but not sent, oldest first (resumed at
-    start-up)."""
+async def unsent(
+    conn: AsyncConnection, *, stalled_after: timedelta | None = None
+) -> list[tuple[int, str]]:
+    """Id and channel of each conversation's earliest unsent reply, oldest first.
+
+    With `stalled_after`, only those no one is working on: queued and untouched for that
+    long (their work item was lost), or claimed by a worker whose claim lapsed.
+    """
     m = _message.c
-    rows = await conn.execute(
-        sa.select(m.id, m.channel)
-        .where(m.direction == Direction.OUTBOUND.value,
-               m.delivery_status.in_(_UNSENT))
-        .order_by(m.id)
+    firsts = (
+        sa.select(sa.func.min(m.id))
+        .where(m.direction == Direction.OUTBOUND.value, m.delivery_status.in_(_UNSENT))
+        .group_by(m.conversation_id)
     )
-    return [(r.id, r.channel) for r in rows]
+    query = sa.select(m.id, m.channel).where(m.id.in_(firsts)).order_by(m.id)
+    if stalled_after is not None:
+        now = utcnow()
+        query = query.where(sa.or_(
+            sa.and_(m.delivery_status == DeliveryStatus.QUEUED.value,
+                    # Replies queued by ingest (acknowledgements) carry only their arrival.
+                    sa.func.coalesce(m.delivery_updated_at, m.received_at)
+                    < now - stalled_after),
+            sa.and_(m.delivery_status == DeliveryStatus.SENDING.value,
+                    m.delivery_lease_until < now),
+        ))
+    return [(r.id, r.channel) for r in await conn.execute(query)]
 
 
 async def outbound_message(conn: AsyncConnection, message_id: int) -> dict[str, Any] | None:

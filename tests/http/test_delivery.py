@@ -104,7 +104,7 @@ async def test_a_reply_claimed_by_a_worker_that_died_is_sent_once_its_claim_laps
     await client.close()
 
     restarted = await make_client(**mode, database_url=engine.settings.database_url,
-                                  api_callback_url=callback.url)
+                                  api_callback_url=callback.url, delivery_sweep_s=0.2)
     await wait_for_delivery(restarted, conv_id, "sent")
     assert len(callback.received) == 2
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from omnichannel.model import (
     ConversationStatus,
@@ -19,6 +20,7 @@ from omnichannel.model import (
 from omnichannel.store import outbound, queries
 from omnichannel.store.database import Database
 from omnichannel.store.ingest import Ingestor
+from omnichannel.store.tables import MESSAGE
 
 LEASE = timedelta(seconds=30)
 T0 = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
@@ -46,10 +48,10 @@ async def reply(db: Database, conversation_id: int, text: str) -> int:
     return message_id
 
 
-async def claim(db: Database, message_id: int, lease: timedelta = LEASE,
-                **kw: Any) -> dict[str, Any] | None:
+async def claim(db: Database, message_id: int,
+                lease: timedelta = LEASE) -> dict[str, Any] | None:
     async with db.write(db.api) as conn:
-        return await outbound.claim(conn, message_id, lease, **kw)
+        return await outbound.claim(conn, message_id, lease)
 
 
 async def sent(db: Database, message_id: int, external_id: str | None = None) -> None:
@@ -70,19 +72,22 @@ async def test_only_one_of_many_racing_workers_claims_a_reply(db: Database) -> N
     claims = await asyncio.gather(*(claim(db, message_id) for _ in range(8)))
     assert sum(c is not None for c in claims) == 1
     async with db.api.connect() as conn:
-        state, lapses = await outbound.unsent_state(conn, message_id)
-    assert state == "claimed" and lapses is not None and lapses > datetime.now(UTC)
+        # Held by a live worker: not stalled, so the sweep leaves it alone.
+        assert await outbound.unsent(conn, stalled_after=timedelta(0)) == []
+        assert await outbound.unsent(conn) == [(message_id, "wa")]
 
 
 async def test_a_claim_whose_worker_died_lapses(db: Database) -> None:
     message_id = await reply(db, await conversation(db), "Halo")
     assert await claim(db, message_id, timedelta(seconds=-1)) is not None
-    # The lease is over: the worker died mid-send, so another may take the message.
+    async with db.api.connect() as conn:
+        # The lease is over: the worker died mid-send, and the sweep offers the reply again.
+        assert await outbound.unsent(conn, stalled_after=timedelta(hours=1)) == [
+            (message_id, "wa")]
     assert await claim(db, message_id) is not None
     assert await claim(db, message_id) is None
     await sent(db, message_id)
     async with db.api.connect() as conn:
-        assert await outbound.unsent_state(conn, message_id) == ("done", None)
         assert await outbound.unsent(conn) == []
 
 
@@ -91,13 +96,16 @@ async def test_replies_of_a_conversation_are_claimed_in_order(db: Database) -> N
     first, second = await reply(db, conv, "satu"), await reply(db, conv, "dua")
     assert await claim(db, second) is None
     async with db.api.connect() as conn:
-        assert (await outbound.unsent_state(conn, second))[0] == "waiting"
-    assert await claim(db, second, in_order=False) is not None  # a worker out of patience
-    async with db.write(db.api) as conn:
-        await outbound.release(conn, second)
+        assert await outbound.next_unsent(conn, conv) == (first, "wa")
+        assert await outbound.unsent(conn) == [(first, "wa")]  # one per conversation
     assert await claim(db, first) is not None
+    async with db.write(db.api) as conn:
+        await outbound.release(conn, first)  # its worker stops: back to the queue
     assert await claim(db, second) is None
+    assert await claim(db, first) is not None
     await sent(db, first)
+    async with db.api.connect() as conn:
+        assert await outbound.next_unsent(conn, conv) == (second, "wa")
     assert await claim(db, second) is not None
 
 
@@ -173,6 +181,8 @@ async def test_only_a_failed_reply_can_be_retried(db: Database) -> None:
     assert (found["delivery_status"], found["delivery_attempts"]) == ("queued", 0)
     async with db.api.connect() as conn:
         assert await outbound.unsent(conn) == [(message_id, "wa")]
+        # Just queued again by the agent: not stalled.
+        assert await outbound.unsent(conn, stalled_after=timedelta(seconds=30)) == []
         target = await queries.conversation_channel(conn, found["conversation_id"])
     assert target.last_inbound_at is not None
 
@@ -199,3 +209,15 @@ async def test_a_thread_holds_both_directions_of_every_conversation_of_an_addres
         ("inbound", "Sampah datang lagi")]
     assert [m["text"] for m in since] == ["Sampah datang lagi"]
     assert other == []
+
+
+async def test_a_queued_reply_untouched_for_long_is_offered_again(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    async with db.api.connect() as conn:
+        assert await outbound.unsent(conn, stalled_after=timedelta(minutes=1)) == []
+    async with db.write(db.api) as conn:
+        await conn.execute(sa.update(MESSAGE).where(MESSAGE.c.id == message_id).values(
+            delivery_updated_at=datetime.now(UTC) - timedelta(minutes=2)))
+    async with db.api.connect() as conn:
+        assert await outbound.unsent(conn, stalled_after=timedelta(minutes=1)) == [
+            (message_id, "wa")]
