@@ -55,6 +55,7 @@ class Engine:
         self._http: aiohttp.ClientSession | None = None
         # Filled at start, when the HTTP client the adapters share can be made in the loop.
         self.adapters: dict[str, Adapter] = {}
+        self._bound: dict[tuple[str, str], str | None] = {}
         self.blobs = BlobStore(settings.attachments_path)
         self.deliverer = Deliverer(
             self.db, self.sender_of, make_work_queues(self.bus), self.blobs,
@@ -97,8 +98,15 @@ class Engine:
         return template.format(tracking_number=tracking, opd=self.rules.opds.get(queue, queue))
 
     def _route(self, message: InboundMessage) -> RouteDecision:
-        adapter = self.sender_of(message.channel, message.account)
-        bound = adapter.bound_queue(message.account) if adapter is not None else None
+        key = (message.channel, message.account)
+        if key not in self._bound:
+            # Asked for every message: the answer per account is kept (accounts are few, but
+            # the api channel takes any name, so the memory is bounded).
+            if len(self._bound) > 10000:
+                self._bound.clear()
+            adapter = self.sender_of(*key)
+            self._bound[key] = adapter.bound_queue(message.account) if adapter else None
+        bound = self._bound[key]
         if bound is not None:
             return RouteDecision(queue=bound, rule=f"account:{message.account}",
                                  reason=f"{message.channel} account {message.account!r} "
