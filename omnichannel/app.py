@@ -170,7 +170,7 @@ class Engine:
         await self.publisher.start()
         await self.pipeline.start()
         access = EngineAccess(submit=self.pipeline.submit, record_receipts=self.record_receipts,
-                              thread=self._thread)
+                              thread=self._thread, blobs=self.blobs)
         await self.deliverer.start(sorted(self.channels()))
         await self.fetcher.start()
         for adapter in self.adapters.values():

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from omnichannel.blobs import BlobStore
 from omnichannel.delivery import Outgoing
 from omnichannel.http import json_response
 from omnichannel.model import InboundMessage, StatusUpdate
@@ -109,6 +110,10 @@ class EngineAccess:
     #: Messages to and from one address on a channel account after a message id, oldest
     #: first: `thread(channel, account, address, after_id)`.
     thread: Callable[[str, str, str, int], Awaitable[list[dict[str, Any]]]]
+    #: The content-addressed file store: files that arrive inside a message (an e-mail's
+    #: attachments, a widget's upload) are put here before the message is submitted, and the
+    #: message's `Attachment.blob_id` names them.
+    blobs: BlobStore
 
 
 class Adapter(abc.ABC):
