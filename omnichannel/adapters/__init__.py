@@ -45,4 +45,16 @@ REGISTRY: dict[str, Factory] = {
 #: handler finds its adapter at request time in `request.app[ENGINE].adapters`.
 ADAPTER_ROUTES: list[web.RouteTableDef] = []
 
-__all__ = ["ADAPTER_ROUTES", "REGISTRY", "Adapter", "Factory"]
+
+async def carried_channels() -> set[str]:
+    """Every channel the registered adapters can carry (a work queue each in broker mode)."""
+    async with aiohttp.ClientSession() as session:
+        adapters = [build(Settings(), session) for build in REGISTRY.values()]
+        try:
+            return {channel for adapter in adapters for channel in adapter.carries()}
+        finally:
+            for adapter in adapters:
+                await adapter.close()
+
+
+__all__ = ["ADAPTER_ROUTES", "REGISTRY", "Adapter", "Factory", "carried_channels"]
