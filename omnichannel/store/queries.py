@@ -88,7 +88,9 @@ async def conversation_channel(conn: AsyncConnection, conversation_id: int) -> A
                       _message.c.sender_id, _message.c.sent_at.label("last_inbound_at"))
             .join(_message, _message.c.conversation_id == c.id)
             .where(c.id == conversation_id, _message.c.direction == Direction.INBOUND.value)
-            .order_by(_message.c.id.desc())
+            # By the provider's clock: a message delivered late must not move the reply
+            # window back to when it was written.
+            .order_by(_message.c.sent_at.desc(), _message.c.id.desc())
             .limit(1)
         )
     ).first()
