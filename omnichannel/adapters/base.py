@@ -124,6 +124,9 @@ class Adapter(abc.ABC):
     capabilities: ClassVar[Capabilities]
     #: HTTP methods the provider uses on the webhook (a GET handshake, for some).
     methods: ClassVar[frozenset[str]] = frozenset({"POST"})
+    #: Whether the provider calls a webhook; False: no `/webhooks/<name>` (the handler answers
+    #: 404), the adapter takes messages on a server or connection of its own.
+    webhook: ClassVar[bool] = True
 
     @abc.abstractmethod
     def verify(self, request: WebhookRequest) -> None:
