@@ -273,7 +273,7 @@ class WebchatAdapter(Adapter):
         return await self._store(widget, visitor, checked, text.strip(), (), origin)
 
     async def take_upload(self, widget: WebchatWidget, visitor: Visitor, client_id: Any,
-                          content: bytes) -> dict[str, Any]:
+                          content: bytes, filename: str | None = None) -> dict[str, Any]:
         """Keep an uploaded image and store the message that carries it."""
         kind = sniff_image(content)
         if kind is None or kind not in self.upload_types:
@@ -283,8 +283,10 @@ class WebchatAdapter(Adapter):
         checked = self._check_may_send(widget, visitor, client_id)
         blob_id = await self.engine.blobs.put(content)
         extension = kind.removeprefix("image/").replace("jpeg", "jpg")
+        # The visitor's own name for the file, without any path or control characters.
+        name = re.sub(r"[\x00-\x1f\x7f/\\]", "", (filename or "").rsplit("/", 1)[-1])[:100]
         attachment = Attachment(content_type=kind, size=len(content), blob_id=blob_id,
-                                filename=f"foto-{blob_id[:8]}.{extension}")
+                                filename=name.strip() or f"foto-{blob_id[:8]}.{extension}")
         return await self._store(widget, visitor, checked, "", (attachment,), None)
 
     async def _store(self, widget: WebchatWidget, visitor: Visitor, client_id: str, text: str,

@@ -270,7 +270,8 @@ async def preflight(request: web.Request) -> web.Response:
 
 @routes.post("/chat/{key}/upload")
 async def upload(request: web.Request) -> web.Response:
-    """An image from the visitor: the body is the file; `?id=` the widget's message id."""
+    """An image from the visitor: the body is the file; `?id=` the widget's message id,
+    `?name=` the file's name."""
     try:
         adapter = _adapter(request)
         widget = _widget(request, adapter)
@@ -285,7 +286,8 @@ async def upload(request: web.Request) -> web.Response:
             raise _Refused(413, "too_large", f"the file is larger than {adapter.upload_bytes} "
                                              "bytes")
         try:
-            ack = await adapter.take_upload(widget, visitor, request.query.get("id"), content)
+            ack = await adapter.take_upload(widget, visitor, request.query.get("id"), content,
+                                            request.query.get("name"))
         except ChatError as exc:
             raise _Refused(exc.status, exc.code, str(exc)) from exc
         except ShuttingDown as exc:

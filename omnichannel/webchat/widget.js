@@ -251,7 +251,7 @@
     li.appendChild(el("span", { "class": "note" }, t.sending + " " + t.photo));
     log.appendChild(li);
     pending[id] = { li: li };
-    fetch(ORIGIN + "/chat/" + encodeURIComponent(KEY) + "/upload?id=" + id, {
+    fetch(ORIGIN + "/chat/" + encodeURIComponent(KEY) + "/upload?id=" + id + "&name=" + encodeURIComponent(file.name || ""), {
       method: "POST", body: file,
       headers: { Authorization: "Bearer " + state.token, "Content-Type": file.type || "application/octet-stream" }
     }).then(function (resp) {
