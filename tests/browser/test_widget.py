@@ -91,7 +91,7 @@ async def engine(make_client: MakeClient, sites: tuple[HostSite, HostSite]) -> E
     """Starts an engine whose widget allows the first host site, and points both at it."""
 
     async def start(store: str = "sqlite", **overrides: Any) -> TestClient[Any, Any]:
-        allowed, other = sites
+        allowed = sites[0]
         assert allowed.server is not None
         origin = str(allowed.server.make_url("")).rstrip("/")
         client = await make_client(store, **{
