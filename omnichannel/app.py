@@ -107,6 +107,12 @@ class Engine:
             adapter = self.sender_of(*key)
             self._bound[key] = adapter.bound_queue(message.account) if adapter else None
         bound = self._bound[key]
+        if bound is not None and bound not in self.rules.opds:
+            # No queue exists for an OPD the rules do not declare: its events could never be
+            # published. The rules route the message instead.
+            log.warning("bound_queue_unknown", channel=message.channel,
+                        account=message.account, queue=bound)
+            bound = None
         if bound is not None:
             return RouteDecision(queue=bound, rule=f"account:{message.account}",
                                  reason=f"{message.channel} account {message.account!r} "

@@ -359,3 +359,15 @@ async def test_without_widgets_the_chat_is_not_there(make_client: MakeClient) ->
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await open_chat(client)
     assert refused.value.status == 404
+
+
+async def test_a_widget_bound_to_an_opd_the_rules_lack_is_routed_by_the_rules(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(**{**SETTINGS, "webchat_widgets": [
+        {"key": KEY, "name": "Situs lama", "origins": [HOST], "opd": "dinas-lama"}]})
+    chat = await open_chat(client)
+    await chat.say("Sampah menumpuk di pasar Mardika", "c-1")
+    conv = await only_conversation(client)
+    assert conv["queue"] == "dlhp" and conv["rule"] != f"account:{KEY}"
+    await chat.ws.close()
