@@ -34,7 +34,7 @@ from omnichannel.adapters.base import (
 )
 from omnichannel.adapters.webchat_token import TokenError, Visitor, VisitorTokens
 from omnichannel.delivery import DeliveryError, Outgoing
-from omnichannel.model import Attachment, InboundMessage, Sender
+from omnichannel.model import Attachment, DeliveryStatus, InboundMessage, Sender, StatusUpdate
 from omnichannel.phones import normalise_phone
 from omnichannel.pipeline import ShuttingDown
 from omnichannel.settings import WEBCHAT_IMAGE_TYPES, WebchatWidget
@@ -49,6 +49,8 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{1,63}")
 #: Messages read back per page of a replay.
 PAGE = 500
+#: The receipts the widget sends about replies it shows.
+RECEIPTS = {"delivered": DeliveryStatus.DELIVERED, "read": DeliveryStatus.READ}
 
 
 class ChatError(Exception):
@@ -115,6 +117,7 @@ def message_frame(row: Mapping[str, Any], visitor: str) -> dict[str, Any]:
     return {
         "type": "message", "seq": row["id"], "direction": row["direction"],
         "text": row["text"] or "", "sent_at": row["sent_at"], "client_id": client_id,
+        "status": row.get("delivery_status"),
         "attachments": [
             {"position": i, "content_type": a.get("content_type"), "filename": a.get("filename")}
             for i, a in enumerate(row.get("attachments") or [])
@@ -317,6 +320,25 @@ class WebchatAdapter(Adapter):
         return {"type": "ack", "id": client_id, "seq": stored.message_id,
                 "duplicate": stored.duplicate}
 
+    async def take_receipts(self, widget: WebchatWidget, socket: LiveSocket,
+                            frame: Mapping[str, Any]) -> int:
+        """Record that the widget showed (`delivered`) or the visitor saw (`read`) replies;
+        returns how many were the socket's to confirm."""
+        status = RECEIPTS.get(frame.get("status"))  # type: ignore[arg-type]
+        seqs = frame.get("seqs")
+        if (status is None or not isinstance(seqs, list) or len(seqs) > PAGE
+                or not all(isinstance(s, int) for s in seqs)):
+            raise ChatError("invalid_frame", "a receipt names `delivered` or `read` and a "
+                                             f"list of at most {PAGE} sequence numbers")
+        # Only what this socket carried: a visitor cannot mark someone else's replies.
+        mine = sorted({s for s in seqs if s in socket.sent})
+        if mine:
+            now = datetime.now(UTC)
+            await self.engine.record_receipts([
+                StatusUpdate(channel=CHANNEL, account=widget.key, external_id=f"webchat-{s}",
+                             status=status, at=now) for s in mine])
+        return len(mine)
+
     # Reading back.
     async def thread(self, widget: WebchatWidget, visitor: str,
                      after: int) -> list[dict[str, Any]]:
@@ -391,6 +413,7 @@ class WebchatAdapter(Adapter):
         frame = {
             "type": "message", "seq": message.message_id, "direction": "outbound",
             "text": message.text, "sent_at": datetime.now(UTC).isoformat(), "client_id": None,
+            "status": DeliveryStatus.SENT.value,
             "attachments": [{"position": i, "content_type": f.content_type,
                              "filename": f.filename or f"file-{i + 1}"}
                             for i, f in enumerate(message.files)],

@@ -234,6 +234,8 @@ async def _frame(adapter: WebchatAdapter, widget: WebchatWidget, visitor: Visito
         if kind == "message":
             await live.send(await adapter.take_message(widget, visitor, client_id,
                                                        frame.get("text"), origin=live))
+        elif kind == "seen":
+            await adapter.take_receipts(widget, live, frame)
         elif kind == "identify":
             visitor = adapter.identify(visitor, frame)
             assert adapter.tokens is not None

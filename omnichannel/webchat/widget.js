@@ -133,6 +133,24 @@
   var visitor = {};
   var started = false;
 
+  // Receipts: replies shown are `delivered`, seen in the open window `read` (forward only).
+  var RANK = { queued: 0, sending: 1, sent: 2, delivered: 3, read: 4, failed: 5 };
+  var replies = {};        // seq of an agent's reply -> the furthest state reported
+  var reporting = null;
+  function report() {
+    reporting = null;
+    if (!ws || ws.readyState !== WebSocket.OPEN) { return; }
+    var status = !panel.hidden && document.visibilityState === "visible" ? "read" : "delivered";
+    var seqs = Object.keys(replies).filter(function (seq) {
+      return (RANK[replies[seq]] || 0) < RANK[status];
+    }).slice(0, 500);
+    if (!seqs.length) { return; }
+    seqs.forEach(function (seq) { replies[seq] = status; });
+    ws.send(JSON.stringify({ type: "seen", status: status, seqs: seqs.map(Number) }));
+  }
+  function reportSoon() { if (!reporting) { reporting = setTimeout(report, 50); } }
+  document.addEventListener("visibilitychange", reportSoon);
+
   function setStatus(message) {
     status.textContent = message || "";
     status.hidden = !message;
@@ -194,6 +212,10 @@
     }
     li.dataset.seq = String(message.seq);
     shown[message.seq] = li;
+    if (message.direction === "outbound") {
+      replies[message.seq] = message.status || "sent";
+      reportSoon();
+    }
     place(li, message.seq);
     (message.attachments || []).forEach(function (info) {
       if (!waiting || !li.querySelector("img")) { fetchFile(message.seq, info.position, li, info); }
@@ -350,6 +372,7 @@
     panel.hidden = false;
     launcher.setAttribute("aria-expanded", "true");
     if (!started) { setStatus(t.connecting); connect(); }
+    reportSoon();
     var first = !identifyForm.hidden ? identifyForm.querySelector("input") : text;
     if (first) { first.focus(); }
   }

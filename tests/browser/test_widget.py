@@ -191,8 +191,10 @@ async def _chat_both_ways(client: TestClient[Any, Any], site: HostSite, browser:
     await expect(mine).to_be_visible()  # the host page's `li { display: none }` stays out
     await expect(log).to_contain_text("AMB-")
 
-    await agent_reply(client, "Petugas DLHP segera ke lokasi.")
+    first_reply = await agent_reply(client, "Petugas DLHP segera ke lokasi.")
     await expect(log.locator("li", has_text="Petugas DLHP segera ke lokasi.")).to_have_count(1)
+    # Shown in the open window: the agent sees it read.
+    await wait_for(lambda: _status(client, first_reply, "read"))
 
     # Escape closes the dialog and gives focus back to the launcher.
     await page.keyboard.press("Escape")
@@ -223,7 +225,7 @@ async def _chat_both_ways(client: TestClient[Any, Any], site: HostSite, browser:
     assert await adapter.drop_connections() >= 1
     await wait_for(lambda: _none_connected(adapter, visitor))
     missed = await agent_reply(client, "Sampah sudah diangkut, terima kasih.")
-    await wait_for(lambda: _sent(client, missed))
+    await wait_for(lambda: _status(client, missed, "sent"))
     assert adapter.connected(KEY, visitor) == 0
     await box.fill("Terima kasih, sudah bersih")
     await box.press("Enter")
@@ -254,8 +256,8 @@ async def _none_connected(adapter: WebchatAdapter, visitor: str) -> bool:
     return adapter.connected(KEY, visitor) == 0
 
 
-async def _sent(client: TestClient[Any, Any], message_id: int) -> bool:
-    return any(m["id"] == message_id and m["delivery_status"] == "sent"
+async def _status(client: TestClient[Any, Any], message_id: int, status: str) -> bool:
+    return any(m["id"] == message_id and m["delivery_status"] == status
                for m in await messages(client))
 
 

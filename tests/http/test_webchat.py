@@ -92,9 +92,11 @@ async def reply(client: TestClient[Any, Any], conv_id: int, text: str) -> int:
     return message_id
 
 
-@pytest.fixture
-async def chat_client(make_client: MakeClient) -> TestClient[Any, Any]:
-    return await make_client(**SETTINGS)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def chat_client(make_client: MakeClient, request: pytest.FixtureRequest
+                      ) -> TestClient[Any, Any]:
+    """An engine with the test widgets, on each store."""
+    return await make_client(request.param, **SETTINGS)
 
 
 async def test_a_message_is_acked_once_stored_and_a_resend_is_stored_once(
@@ -371,3 +373,51 @@ async def test_a_widget_bound_to_an_opd_the_rules_lack_is_routed_by_the_rules(
     conv = await only_conversation(client)
     assert conv["queue"] == "dlhp" and conv["rule"] != f"account:{KEY}"
     await chat.ws.close()
+
+
+async def test_a_reply_another_process_sends_reaches_the_socket_by_resync(
+    make_client: MakeClient,
+) -> None:
+    settings = {**SETTINGS, "webchat_resync_s": 0.2}
+    holder = await make_client(**settings)
+    other = await make_client(
+        database_url=holder.server.app[ENGINE].settings.database_url, **settings)
+    chat = await open_chat(holder)
+    await chat.say("Got tersumbat di Jl. Pattimura", "c-1")
+    conv_id = (await only_conversation(holder))["id"]
+    # The other process stores and sends the reply; it holds no socket of this visitor.
+    reply_id = await reply(other, conv_id, "Petugas kebersihan dijadwalkan besok.")
+    async with asyncio.timeout(10):
+        while True:
+            frame = await chat.frame("history")
+            if any(m["seq"] == reply_id for m in frame["messages"]):
+                break
+    assert chat.cursor >= reply_id
+    await chat.ws.close()
+
+
+async def test_the_widget_confirms_replies_it_showed_and_only_those(
+    chat_client: TestClient[Any, Any],
+) -> None:
+    chat = await open_chat(chat_client)
+    await chat.say("Drainase tersumbat", "c-1")
+    conv_id = (await only_conversation(chat_client))["id"]
+    reply_id = await reply(chat_client, conv_id, "Kami cek hari ini.")
+    assert (await chat.frame("message"))["seq"] == reply_id
+    await chat.ws.send_json({"type": "seen", "status": "delivered", "seqs": [reply_id]})
+    await wait_for(lambda: _status_is(chat_client, conv_id, reply_id, "delivered"))
+    # Another visitor cannot confirm a reply their socket never carried.
+    stranger = await open_chat(chat_client)
+    await stranger.ws.send_json({"type": "seen", "status": "read", "seqs": [reply_id]})
+    await stranger.ws.send_json({"type": "seen", "status": "read", "seqs": "all"})
+    assert (await stranger.frame("error"))["code"] == "invalid_frame"
+    assert await _status_is(chat_client, conv_id, reply_id, "delivered")
+    await chat.ws.send_json({"type": "seen", "status": "read", "seqs": [reply_id]})
+    await wait_for(lambda: _status_is(chat_client, conv_id, reply_id, "read"))
+    # Forward only: a late `delivered` does not take it back.
+    await chat.ws.send_json({"type": "seen", "status": "delivered", "seqs": [reply_id]})
+    await chat.ws.send_json({"type": "shout"})
+    await chat.frame("error")
+    assert await _status_is(chat_client, conv_id, reply_id, "read")
+    await chat.ws.close()
+    await stranger.ws.close()
