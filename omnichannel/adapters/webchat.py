@@ -131,6 +131,10 @@ class LiveSocket:
 
     ws: web.WebSocketResponse
     visitor: str
+    #: Where the next read of the thread starts (the end of the read before the last).
+    floor: int = 0
+    #: The highest sequence number the last read found.
+    read_to: int = 0
     sent: set[int] = field(default_factory=set)
     #: Where the widget resumes after a reconnect: the last history frame's cursor.
     cursor: int = -1
@@ -367,19 +371,26 @@ class WebchatAdapter(Adapter):
     async def serve(self, ws: web.WebSocketResponse, widget: WebchatWidget, visitor: Visitor,
                     after: int) -> LiveSocket:
         """Register a visitor's socket, then replay what it missed; returns the socket."""
-        socket = LiveSocket(ws, visitor.id)
+        socket = LiveSocket(ws, visitor.id, floor=after, read_to=after)
         # Registered before the thread is read: a reply sent meanwhile is pushed, one stored
         # before is read; the widget shows each sequence number once.
         self._sockets[(widget.key, visitor.id)].add(socket)
-        await self.resync(widget, socket, after)
+        await self.resync(widget, socket)
         return socket
 
-    async def resync(self, widget: WebchatWidget, socket: LiveSocket, after: int) -> int:
-        """Send the socket what the thread holds after `after`; returns the new cursor."""
+    async def resync(self, widget: WebchatWidget, socket: LiveSocket) -> None:
+        """Send the socket what the thread holds past its floor and it has not carried yet.
+
+        Each read starts where the read before the last one ended, and the widget is told
+        to resume from there too: on PostgreSQL a message's id is taken before its commit,
+        so a reply may become visible after a read that already saw a higher id, and the
+        overlap of one read finds it (the widget shows each sequence number once).
+        """
+        after = socket.floor
         messages = await self.thread(widget, socket.visitor, after)
-        cursor: int = max([after, *(int(m["seq"]) for m in messages)])
-        await socket.push(messages, cursor=cursor)
-        return cursor
+        await socket.push(messages, cursor=after)
+        socket.floor = socket.read_to
+        socket.read_to = max([socket.read_to, *(int(m["seq"]) for m in messages)])
 
     def forget(self, widget: WebchatWidget, socket: LiveSocket) -> None:
         """Unregister a socket that closed."""

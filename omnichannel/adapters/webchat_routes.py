@@ -209,7 +209,7 @@ async def _resync(adapter: WebchatAdapter, widget: WebchatWidget, live: LiveSock
     while True:
         await asyncio.sleep(adapter.resync_s)
         try:
-            await adapter.resync(widget, live, live.cursor)
+            await adapter.resync(widget, live)
         except (sa.exc.SQLAlchemyError, OSError):
             log.exception("webchat_resync_failed", widget=widget.key)
 

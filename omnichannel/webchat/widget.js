@@ -148,7 +148,8 @@
     seqs.forEach(function (seq) { replies[seq] = status; });
     ws.send(JSON.stringify({ type: "seen", status: status, seqs: seqs.map(Number) }));
   }
-  function reportSoon() { if (!reporting) { reporting = setTimeout(report, 50); } }
+  // Gathered for a moment: one frame for a whole replay.
+  function reportSoon() { if (!reporting) { reporting = setTimeout(report, 300); } }
   document.addEventListener("visibilitychange", reportSoon);
 
   function setStatus(message) {
