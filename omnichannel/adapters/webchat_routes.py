@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import html
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -327,3 +328,79 @@ async def file(request: web.Request) -> web.StreamResponse:
         "Content-Security-Policy": "sandbox; default-src 'none'",
         "Cache-Control": "private, max-age=3600",
     })
+
+
+def _refused(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}}}}
+
+
+_KEY = {"name": "key", "in": "path", "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}}
+#: The answer to a stored message: the widget's id and the message's sequence number.
+_ACK: dict[str, Any] = {"description": "stored durably", "content": {"application/json": {
+    "schema": {"type": "object", "properties": {
+        "type": {"const": "ack"}, "id": {"type": "string"}, "seq": {"type": "integer"},
+        "duplicate": {"type": "boolean"}}}}}}
+_VISITOR: list[dict[str, list[str]]] = [{"bearer": []}]
+#: The web chat's routes in the OpenAPI document (`omnichannel/openapi.py` merges them).
+OPENAPI_PATHS: dict[str, Any] = {
+    "/webhooks/webchat": {"post": {
+        "summary": "None: the web chat takes messages on its socket, not by webhook",
+        "responses": {"404": _refused("the web chat has no webhook")}}},
+    "/webchat/widget.js": {"get": {
+        "summary": "The widget's script, embedded with one script tag (data-widget=<key>)",
+        "responses": {"200": {"description": "JavaScript",
+                              "content": {"text/javascript": {}}}}}},
+    "/webchat/widget.css": {"get": {
+        "summary": "The widget's styles, loaded inside its shadow root",
+        "responses": {"200": {"description": "CSS", "content": {"text/css": {}}}}}},
+    "/chat/{key}": {"get": {
+        "summary": "The widget's standalone chat page", "parameters": [_KEY],
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}},
+                      "404": {"description": "no widget has this key"}}}},
+    "/chat/{key}/socket": {"get": {
+        "summary": "The visitor's WebSocket (see the README for its frames)",
+        "parameters": [_KEY,
+                       {"name": "token", "in": "query", "schema": {"type": "string"},
+                        "description": "the visitor token of an earlier welcome frame"},
+                       {"name": "after", "in": "query", "schema": {"type": "integer",
+                                                                    "minimum": 0},
+                        "description": "the cursor of the last history frame"}],
+        "responses": {"101": {"description": "switched to the WebSocket protocol"},
+                      "403": _refused("Origin not allowed for this widget"),
+                      "404": _refused("no widget has this key")}}},
+    "/chat/{key}/upload": {
+        "options": {"summary": "CORS preflight", "parameters": [_KEY],
+                    "responses": {"204": {"description": "allowed"},
+                                  "403": _refused("Origin not allowed")}},
+        "post": {
+            "summary": "A photo from the visitor (the body is the image)", "security": _VISITOR,
+            "parameters": [_KEY,
+                           {"name": "id", "in": "query", "required": True,
+                            "schema": {"type": "string"},
+                            "description": "the widget's id for the message"},
+                           {"name": "name", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {"image/*": {}}},
+            "responses": {"201": _ACK, "200": {**_ACK, "description": "already stored"},
+                          "401": _refused("missing or invalid visitor token"),
+                          "403": _refused("Origin not allowed, or details required first"),
+                          "413": _refused("larger than webchat_upload_bytes"),
+                          "415": _refused("not an allowed image type"),
+                          "429": _refused("too many messages")}}},
+    "/chat/{key}/files/{seq}/{position}": {
+        "options": {"summary": "CORS preflight", "parameters": [_KEY],
+                    "responses": {"204": {"description": "allowed"},
+                                  "403": _refused("Origin not allowed")}},
+        "get": {
+            "summary": "A file of the visitor's own conversation", "security": _VISITOR,
+            "parameters": [_KEY,
+                           {"name": "seq", "in": "path", "required": True,
+                            "schema": {"type": "integer"}},
+                           {"name": "position", "in": "path", "required": True,
+                            "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "the file, as an attachment"},
+                          "401": _refused("missing or invalid visitor token"),
+                          "404": _refused("no such file in this visitor's conversation")}}},
+}
