@@ -29,7 +29,7 @@ from omnichannel.adapters.webchat import (
 )
 from omnichannel.adapters.webchat_token import TokenError, Visitor
 from omnichannel.appkeys import ENGINE
-from omnichannel.http import json_response
+from omnichannel.http import json_response, read_body
 from omnichannel.pipeline import ShuttingDown
 from omnichannel.settings import WebchatWidget
 
@@ -211,7 +211,8 @@ async def _resync(adapter: WebchatAdapter, widget: WebchatWidget, live: LiveSock
         await asyncio.sleep(adapter.resync_s)
         try:
             await adapter.resync(widget, live)
-        except (sa.exc.SQLAlchemyError, OSError):
+        except Exception:
+            # The next round tries again; the socket stays open.
             log.exception("webchat_resync_failed", widget=widget.key)
 
 
@@ -280,14 +281,11 @@ async def upload(request: web.Request) -> web.Response:
         widget = _widget(request, adapter)
         _check_origin(request, widget, required=True)
         visitor = _visitor(request, adapter, widget)
-        declared = request.content_length
-        if declared is not None and declared > adapter.upload_bytes:
+        try:
+            content = await read_body(request, adapter.upload_bytes)
+        except web.HTTPRequestEntityTooLarge as exc:
             raise _Refused(413, "too_large", f"the file is larger than {adapter.upload_bytes} "
-                                             "bytes")
-        content = await request.content.read(adapter.upload_bytes + 1)
-        if len(content) > adapter.upload_bytes:
-            raise _Refused(413, "too_large", f"the file is larger than {adapter.upload_bytes} "
-                                             "bytes")
+                                             "bytes") from exc
         try:
             ack = await adapter.take_upload(widget, visitor, request.query.get("id"), content,
                                             request.query.get("name"))
