@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 import sqlalchemy as sa
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.helpers import content_disposition_header
 
 from omnichannel.adapters.webchat import (
@@ -45,6 +45,8 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
 #: Largest frame a visitor may send (a message is at most 4,000 characters).
 MAX_FRAME = 64 * 1024
 DEFAULT_TITLES = {"id": "Layanan Pengaduan", "en": "Complaints service"}
+#: How long a socket without `token` or `after` in its URL waits for the widget's hello.
+HELLO_TIMEOUT_S = 10.0
 
 
 class _Refused(Exception):
@@ -179,9 +181,17 @@ async def socket(request: web.Request) -> web.StreamResponse:
         return json_response({"error": str(refused), "code": refused.code},
                              status=refused.status)
     assert adapter.tokens is not None
-    visitor, new = adapter.visitor_of(request.query.get("token"), widget)
     ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=MAX_FRAME)
     await ws.prepare(request)
+    token = request.query.get("token")
+    if "token" not in request.query and "after" not in request.query:
+        # The widget says hello first, so its token stays out of URLs (and proxies' logs).
+        hello = await _hello(ws)
+        if hello is None:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"hello expected")
+            return ws
+        token, after = hello
+    visitor, new = adapter.visitor_of(token, widget)
     await ws.send_json({
         "type": "welcome", "token": adapter.tokens.issue(visitor), "new": new,
         "visitor": _details(visitor),
@@ -202,6 +212,23 @@ async def socket(request: web.Request) -> web.StreamResponse:
             await resync
         adapter.forget(widget, live)
     return ws
+
+
+async def _hello(ws: web.WebSocketResponse) -> tuple[str | None, int] | None:
+    """The token and cursor of the widget's first frame, `{"type": "hello", "token", "after"}`."""
+    try:
+        async with asyncio.timeout(HELLO_TIMEOUT_S):
+            msg = await ws.receive()
+        frame = orjson.loads(msg.data) if msg.type == WSMsgType.TEXT else None
+    except (TimeoutError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(frame, dict) or frame.get("type") != "hello":
+        return None
+    token, after = frame.get("token"), frame.get("after", 0)
+    if (token is not None and not isinstance(token, str)) or not isinstance(after, int) \
+            or after < 0:
+        return None
+    return token, after
 
 
 async def _resync(adapter: WebchatAdapter, widget: WebchatWidget, live: LiveSocket) -> None:

@@ -354,9 +354,11 @@
     started = true;
     var url = new URL("/chat/" + encodeURIComponent(KEY) + "/socket", ORIGIN);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    url.searchParams.set("after", String(cursor));
-    if (state.token) { url.searchParams.set("token", state.token); }
     ws = new WebSocket(url.toString());
+    ws.onopen = function () {
+      // The token travels in the first frame, never in the URL.
+      ws.send(JSON.stringify({ type: "hello", token: state.token || null, after: cursor }));
+    };
     ws.onmessage = function (event) {
       try { onFrame(JSON.parse(event.data)); } catch (e) { /* a frame we cannot read */ }
     };

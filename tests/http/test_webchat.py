@@ -426,3 +426,23 @@ async def test_the_widget_confirms_replies_it_showed_and_only_those(
     assert await _status_is(chat_client, conv_id, reply_id, "read")
     await chat.ws.close()
     await stranger.ws.close()
+
+
+async def test_the_token_may_come_in_a_hello_frame_instead_of_the_url(
+    chat_client: TestClient[Any, Any],
+) -> None:
+    first = await open_chat(chat_client)
+    ack = await first.say("Jembatan retak", "c-1")
+    await first.ws.close()
+    ws = await chat_client.ws_connect(f"/chat/{KEY}/socket", headers={"Origin": HOST})
+    await ws.send_json({"type": "hello", "token": first.token, "after": 0})
+    chat = Chat(ws)
+    assert (await chat.frame("welcome"))["new"] is False
+    assert [m["seq"] for m in (await chat.frame("history"))["messages"]] == [ack["seq"]]
+    await ws.close()
+    # Anything else first closes the socket.
+    rude = await chat_client.ws_connect(f"/chat/{KEY}/socket", headers={"Origin": HOST})
+    await rude.send_json({"type": "message", "id": "c-2", "text": "halo"})
+    closed = await rude.receive()
+    assert closed.type == aiohttp.WSMsgType.CLOSE
+    assert closed.data == aiohttp.WSCloseCode.POLICY_VIOLATION
