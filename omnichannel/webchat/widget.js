@@ -21,7 +21,7 @@
       reconnecting: "Koneksi terputus, menyambung ulang\u2026",
       identify: "Sebelum mulai, isi data berikut.", optional: "Boleh dikosongkan.",
       name: "Nama", phone: "Nomor telepon", email: "E-mail", start: "Mulai",
-      photo: "Foto", file: "Berkas", you: "Anda", agent: "Petugas",
+      photo: "Foto", file: "Berkas", you: "Anda", agent: "Petugas", unread: "pesan baru",
       rate_limited: "Terlalu banyak pesan. Tunggu sebentar lalu kirim lagi.",
       too_large: "Berkas terlalu besar.", unsupported_type: "Hanya foto (JPEG, PNG, WebP, GIF).",
       identify_required: "Lengkapi data Anda terlebih dahulu.",
@@ -36,7 +36,7 @@
       reconnecting: "Connection lost, reconnecting\u2026",
       identify: "Before you start, please fill in the following.", optional: "You may leave it empty.",
       name: "Name", phone: "Phone number", email: "E-mail", start: "Start",
-      photo: "Photo", file: "File", you: "You", agent: "Staff",
+      photo: "Photo", file: "File", you: "You", agent: "Staff", unread: "new messages",
       rate_limited: "Too many messages. Wait a moment and send again.",
       too_large: "The file is too large.", unsupported_type: "Photos only (JPEG, PNG, WebP, GIF).",
       identify_required: "Please fill in your details first.",
@@ -107,10 +107,14 @@
   if (!PAGE) { wrap.appendChild(launcher); }
   wrap.appendChild(panel);
 
+  var unread = 0;
+  function labelLauncher() {
+    launcher.textContent = unread ? t.launcher + " (" + unread + ")" : t.launcher;
+    launcher.setAttribute("aria-label", unread ? t.open + ", " + unread + " " + t.unread : t.open);
+  }
   function applyTexts(widget) {
     t = TEXTS[(widget && widget.language) || lang] || TEXTS.id;
-    launcher.textContent = t.launcher;
-    launcher.setAttribute("aria-label", t.open);
+    labelLauncher();
     closeButton.setAttribute("aria-label", t.close);
     title.textContent = (widget && widget.title) || t.title;
     log.setAttribute("aria-label", t.log);
@@ -215,6 +219,7 @@
     shown[message.seq] = li;
     if (message.direction === "outbound") {
       replies[message.seq] = message.status || "sent";
+      if (panel.hidden && replies[message.seq] !== "read") { unread += 1; labelLauncher(); }
       reportSoon();
     }
     place(li, message.seq);
@@ -374,6 +379,8 @@
   function open() {
     panel.hidden = false;
     launcher.setAttribute("aria-expanded", "true");
+    unread = 0;
+    labelLauncher();
     if (!started) { setStatus(t.connecting); connect(); }
     reportSoon();
     var first = !identifyForm.hidden ? identifyForm.querySelector("input") : text;

@@ -202,10 +202,14 @@ async def _chat_both_ways(client: TestClient[Any, Any], site: HostSite, browser:
     await page.keyboard.press("Escape")
     await expect(dialog).to_be_hidden()
     await expect(launcher).to_be_focused()
+    # A reply while the window is closed is announced on the button.
+    await agent_reply(client, "Mohon kirim foto lokasinya.")
+    await expect(launcher).to_have_accessible_name("Buka obrolan pengaduan, 1 pesan baru")
 
     # A reload keeps the visitor (their token is in localStorage) and their history.
     await page.reload()
     await launcher.click()
+    await expect(launcher).to_have_accessible_name("Buka obrolan pengaduan")
     await expect(log.locator("li", has_text="Petugas DLHP segera ke lokasi.")).to_have_count(1)
     await expect(log.locator("li", has_text="Sampah menumpuk")).to_have_count(1)
 
