@@ -47,7 +47,7 @@ MAX_TEXT = 4000
 #: A client-generated message id: the widget makes 16 random bytes in hex.
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{1,63}")
-#: Messages read back per page of a replay.
+#: Messages `EngineAccess.thread` returns at most (a full page means more may follow).
 PAGE = 500
 #: The receipts the widget sends about replies it shows.
 RECEIPTS = {"delivered": DeliveryStatus.DELIVERED, "read": DeliveryStatus.READ}
