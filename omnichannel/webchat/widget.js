@@ -19,7 +19,9 @@
       placeholder: "Tulis pesan\u2026", send: "Kirim", attach: "Foto", attachLabel: "Kirim foto",
       sending: "Mengirim\u2026", failed: "Gagal terkirim", connecting: "Menyambungkan\u2026",
       reconnecting: "Koneksi terputus, menyambung ulang\u2026",
-      identify: "Sebelum mulai, isi data berikut.", optional: "Boleh dikosongkan.",
+      identify: "Sebelum mulai, boleh isi data berikut agar petugas dapat menghubungi Anda.",
+      optional: "Semua kolom boleh dikosongkan.", required: "Kolom bertanda * wajib diisi.",
+      skip: "Lewati",
       name: "Nama", phone: "Nomor telepon", email: "E-mail", start: "Mulai",
       photo: "Foto", file: "Berkas", you: "Anda", agent: "Petugas", unread: "pesan baru",
       rate_limited: "Terlalu banyak pesan. Tunggu sebentar lalu kirim lagi.",
@@ -34,7 +36,9 @@
       placeholder: "Write a message\u2026", send: "Send", attach: "Photo", attachLabel: "Send a photo",
       sending: "Sending\u2026", failed: "Not sent", connecting: "Connecting\u2026",
       reconnecting: "Connection lost, reconnecting\u2026",
-      identify: "Before you start, please fill in the following.", optional: "You may leave it empty.",
+      identify: "Before you start, you may tell us how staff can reach you.",
+      optional: "Every field may be left empty.", required: "Fields marked * are required.",
+      skip: "Skip",
       name: "Name", phone: "Phone number", email: "E-mail", start: "Start",
       photo: "Photo", file: "File", you: "You", agent: "Staff", unread: "new messages",
       rate_limited: "Too many messages. Wait a moment and send again.",
@@ -309,12 +313,23 @@
       if (visitor[field]) { input.value = visitor[field]; }
       identifyForm.appendChild(input);
     });
-    identifyForm.appendChild(el("p", {}, t.optional));
+    identifyForm.appendChild(el("p", {}, require.length ? t.required : t.optional));
     identifyForm.appendChild(el("button", { type: "submit" }, t.start));
+    if (!needsIdentity()) {
+      var skip = el("button", { type: "button", "class": "skip" }, t.skip);
+      skip.addEventListener("click", function () { state.asked = true; save(state); showCompose(); });
+      identifyForm.appendChild(skip);
+    }
     identifyForm.hidden = false;
     compose.hidden = true;
     var first = identifyForm.querySelector("input");
     if (first && !panel.hidden) { first.focus(); }
+  }
+
+  function showCompose() {
+    identifyForm.hidden = true;
+    compose.hidden = false;
+    if (!panel.hidden) { text.focus(); }
   }
 
   function needsIdentity() {
@@ -330,7 +345,8 @@
       widgetConfig = frame.widget;
       visitor = frame.visitor || {};
       applyTexts(widgetConfig);
-      if (needsIdentity()) { askIdentity(); }
+      // Details are asked once of a new visitor (optional unless the widget requires them).
+      if (needsIdentity() || (frame["new"] && !state.asked)) { askIdentity(); }
       setStatus("");
       retryMs = 1000;
       Object.keys(pending).forEach(transmit);  // resent: stored once by their ids
@@ -345,11 +361,7 @@
       state.token = frame.token;
       save(state);
       visitor = frame.visitor || {};
-      if (!needsIdentity()) {
-        identifyForm.hidden = true;
-        compose.hidden = false;
-        text.focus();
-      }
+      if (!needsIdentity()) { showCompose(); }
     } else if (frame.type === "error") {
       failed(frame);
     }
@@ -419,6 +431,8 @@
   });
   identifyForm.addEventListener("submit", function (event) {
     event.preventDefault();
+    state.asked = true;
+    save(state);
     var details = { type: "identify" };
     ["name", "phone", "email"].forEach(function (field) {
       var input = identifyForm.querySelector("[name=" + field + "]");

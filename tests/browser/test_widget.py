@@ -165,14 +165,20 @@ async def _chat_both_ways(client: TestClient[Any, Any], site: HostSite, browser:
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(str(site.server.make_url("/")))
 
-    # Keyboard only: the launcher is the first thing Tab reaches, Enter opens the dialog and
-    # puts the cursor in the message box.
+    # Keyboard only: the launcher is the first thing Tab reaches, Enter opens the dialog, a
+    # new visitor may give their details (the form has the focus), then writes.
     launcher = page.get_by_role("button", name="Buka obrolan pengaduan")
     await page.keyboard.press("Tab")
     await expect(launcher).to_be_focused()
     await page.keyboard.press("Enter")
     dialog = page.get_by_role("dialog", name="Layanan Pengaduan")
     await expect(dialog).to_be_visible()
+    await expect(page.get_by_label("Nama")).to_be_focused()
+    await page.keyboard.type("Rina Latuconsina")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Nomor telepon")).to_be_focused()
+    await page.keyboard.type("0812-3456-7890")
+    await page.keyboard.press("Enter")
     box = page.get_by_label("Pesan Anda")
     await expect(box).to_be_focused()
     await expect(launcher).to_have_attribute("aria-expanded", "true")
@@ -184,6 +190,11 @@ async def _chat_both_ways(client: TestClient[Any, Any], site: HostSite, browser:
     await page.keyboard.type("Sampah menumpuk di depan pasar Mardika")
     await page.keyboard.press("Enter")
     await wait_for(lambda: has_text(client, "Sampah menumpuk di depan pasar Mardika"))
+    resp = await client.get("/api/v1/conversations", headers=AGENT_AUTH)
+    [listed] = (await resp.json())["conversations"]
+    details = await conversation(client, listed["id"])
+    assert (details["contact_name"], details["contact_phone"], details["queue"]) == (
+        "Rina Latuconsina", "+6281234567890", "dlhp")
     # Acknowledged: the bubble carries its sequence number, and the automatic reply with the
     # tracking number arrives through the socket.
     mine = log.locator("li[data-seq]", has_text="Sampah menumpuk di depan pasar Mardika")
@@ -302,6 +313,7 @@ async def test_the_standalone_page_chats_under_its_strict_policy(
             if "Content Security Policy" in msg.text else None)
     await page.goto(str(client.make_url(f"/chat/{KEY}")))
     await expect(page.get_by_role("dialog", name="Layanan Pengaduan")).to_be_visible()
+    await page.get_by_role("button", name="Lewati").click()  # details are optional here
     box = page.get_by_label("Pesan Anda")
     await expect(box).to_be_focused()
     await box.fill("<img src=x onerror=alert(1)> jalan berlubang")
