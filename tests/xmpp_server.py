@@ -14,9 +14,8 @@ from pathlib import Path
 DOMAIN = "localhost"
 COMPONENT = "lapor.localhost"
 COMPONENT_SECRET = "component-secret-0123456789"
-#: Accounts created on every server: the engine's bot and two citizens.
-ACCOUNTS = {"bot": "bot-password-0123456789", "citizen": "citizen-password-0123",
-            "warga": "warga-password-0123456"}
+#: The engine's bot account, created on every server.
+BOT_PASSWORD = "bot-password-0123456789"
 
 
 def free_port() -> int:
@@ -66,17 +65,19 @@ class Prosody:
     c2s_port: int
     component_port: int
     process: subprocess.Popen[bytes] | None = None
-    passwords: dict[str, str] = field(default_factory=lambda: dict(ACCOUNTS))
+    passwords: dict[str, str] = field(default_factory=lambda: {"bot": BOT_PASSWORD})
 
     @property
     def config(self) -> Path:
         return self.root / "prosody.cfg.lua"
 
     @classmethod
-    def create(cls) -> Prosody:
-        """Write the config and register the accounts (the server is not started yet)."""
+    def create(cls, citizens: int = 2) -> Prosody:
+        """Write the config and register the bot and `citizen1`... (not started yet)."""
         root = Path(tempfile.mkdtemp(prefix="omnichannel-prosody-"))
         server = cls(root=root, c2s_port=free_port(), component_port=free_port())
+        for n in range(1, citizens + 1):
+            server.passwords[f"citizen{n}"] = f"citizen-{n}-password-0123"
         (root / "data").mkdir()
         server.config.write_text(_config(root, server.c2s_port, server.component_port))
         for user, password in server.passwords.items():
