@@ -215,3 +215,54 @@ async def test_the_webhook_path_says_the_channel_has_a_connection(
     resp = await client.post("/webhooks/xmpp", json={"text": REPORT})
     assert resp.status == 404
     assert "own connection" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize("mode", ["client", "component"])
+async def test_the_engine_reconnects_when_the_server_comes_back(
+    make_client: MakeClient, prosody: Prosody, mode: str,
+) -> None:
+    xmpp, address = accounts(prosody, mode)
+    client = await make_client(xmpp_accounts=xmpp)
+    await connected(client)
+    # Killed, so every stream drops without a goodbye, then started again.
+    prosody.restart()
+    await connected(client, up=False)
+    await connected(client)
+
+    citizen = Citizen(prosody, f"citizen{next(_citizens)}")
+    await citizen.connect()
+    try:
+        sent = citizen.send(address, REPORT)
+        await citizen.received(sent)
+        conv = await conversation_of(client, citizen.jid)
+        resp = await client.post(f"/api/v1/conversations/{conv['id']}/messages",
+                                 json={"text": "Laporan diterima."}, headers=AGENT_AUTH)
+        assert resp.status == 202
+        assert (await citizen.reply())["body"] == "Laporan diterima."
+    finally:
+        await citizen.close()
+
+
+async def test_messages_arriving_while_replies_are_sent_are_all_stored(
+    make_client: MakeClient, prosody: Prosody, citizen: Citizen,
+) -> None:
+    xmpp, address = accounts(prosody, "client")
+    client = await make_client(xmpp_accounts=xmpp)
+    await connected(client)
+    first = citizen.send(address, REPORT)
+    await citizen.received(first)
+    conv = await conversation_of(client, citizen.jid)
+
+    answers = [f"Balasan {n}" for n in range(5)]
+    reports = [f"Tambahan {n}: sampah juga di lorong {n}" for n in range(10)]
+    posts = [client.post(f"/api/v1/conversations/{conv['id']}/messages", json={"text": text},
+                         headers=AGENT_AUTH) for text in answers]
+    # The citizen keeps writing while the engine is sending the agent's replies.
+    posting = asyncio.gather(*posts)
+    sent = [citizen.send(address, text) for text in reports]
+    assert all(r.status == 202 for r in await posting)
+    for ident in sent:
+        await citizen.received(ident)
+    assert sorted(await inbound_texts(client, conv["id"])) == sorted([REPORT, *reports])
+    got = [(await citizen.reply())["body"] for _ in answers]
+    assert sorted(got) == sorted(answers)
