@@ -74,6 +74,8 @@ class _Link:
         # Signs replies' ids: a receipt counts only from the reply's recipient.
         self.secret = account.password.get_secret_value().encode()
         self.stream: ClientXMPP | ComponentXMPP | None = None
+        #: Done when the current session's connection is lost.
+        self.ended: asyncio.Future[None] | None = None
         #: Messages being stored: the engine waits for them before it stops taking more.
         self.storing: set[asyncio.Task[None]] = set()
 
@@ -146,12 +148,12 @@ class _Link:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await started
-            self.stream = stream
+            self.stream, self.ended = stream, ended
             log.info("xmpp_connected", account=self.account.account, mode=self.account.mode)
             await self._keep_alive(stream, ended)
         finally:
             if self.stream is stream:
-                self.stream = None
+                self.stream, self.ended = None, None
             # Our loop reconnects, not slixmpp's own: stop any attempt it has scheduled.
             stream.cancel_connection_attempt()
             stream.abort()
@@ -168,18 +170,23 @@ class _Link:
                 continue
             try:
                 await stream.plugin["xep_0199"].ping(jid=JID(self.jid.domain), timeout=10)
-            except IqTimeout:
-                log.warning("xmpp_ping_timeout", account=self.account.account)
-                return
             except IqError:
                 pass  # an answer, even an error, proves the connection lives
+            except (IqTimeout, OSError) as exc:
+                log.warning("xmpp_ping_failed", account=self.account.account, error=repr(exc))
+                return
 
     async def _take(self, engine: EngineAccess, stream: ClientXMPP | ComponentXMPP,
                     stanza: Message) -> None:
         now = datetime.now(UTC)
         update = receipt(self.account.account, stanza, self.secret, now=now)
         if update is not None:
-            await engine.record_receipts([update])
+            try:
+                await engine.record_receipts([update])
+            except Exception:
+                # Only the state shown to agents is behind; the reply itself was delivered.
+                log.exception("xmpp_receipt_not_recorded", account=self.account.account,
+                              external_id=update.external_id)
             return
         message = inbound_message(self.account.account, self.jid, stanza,
                                   component=self.component, now=now)
@@ -219,6 +226,7 @@ class _Link:
         if not stream.is_connected():
             return
         error = stanza.reply(clear=False)
+        error["id"] = stanza["id"]  # how the citizen's client knows which message failed
         error["type"] = "error"
         error["error"]["type"] = "wait"
         error["error"]["condition"] = "resource-constraint"
@@ -226,8 +234,8 @@ class _Link:
         error.send()
 
     async def send(self, message: Outgoing) -> str:
-        stream = self.stream
-        if stream is None or not stream.is_connected():
+        stream, ended = self.stream, self.ended
+        if stream is None or ended is None or not stream.is_connected():
             raise DeliveryError(f"XMPP account {self.account.account!r} is not connected",
                                 retryable=True)
         recipient = parse_jid(message.recipient)
@@ -240,9 +248,12 @@ class _Link:
         reply["origin_id"]["id"] = ident
         reply["request_receipt"] = True
         reply.send()
-        # Handed over once slixmpp has written it to the connection.
-        await stream.waiting_queue.join()
-        if not stream.is_connected():
+        # Handed over once slixmpp has written it to the connection; a connection lost first
+        # discards what it had not written.
+        flushed = asyncio.ensure_future(stream.waiting_queue.join())
+        await asyncio.wait([flushed, ended], return_when=asyncio.FIRST_COMPLETED)
+        if not flushed.done():
+            flushed.cancel()
             raise DeliveryError("the XMPP connection closed while sending", retryable=True)
         return ident
 

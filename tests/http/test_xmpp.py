@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from slixmpp import ClientXMPP, Message
 
+from omnichannel.adapters.base import EngineAccess
 from omnichannel.adapters.xmpp import XmppAdapter
 from omnichannel.appkeys import ENGINE
+from omnichannel.blobs import BlobStore
+from omnichannel.model import InboundMessage
+from omnichannel.pipeline import ShuttingDown
+from omnichannel.settings import XmppAccount
+from omnichannel.store.ingest import Stored
 from tests.conftest import BROKER_URL
 from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
 from tests.http.test_agent_api import conversation, wait_for
@@ -51,7 +58,9 @@ class Citizen:
             self.stream.register_plugin(plugin)
         self.replies: asyncio.Queue[Message] = asyncio.Queue()
         self.receipts: list[str] = []
+        self.errors: asyncio.Queue[Message] = asyncio.Queue()
         self.stream.add_event_handler("message", self._message)
+        self.stream.add_event_handler("message_error", self.errors.put_nowait)
         self.stream.add_event_handler("receipt_received",
                                       lambda m: self.receipts.append(m["receipt"]))
 
@@ -266,3 +275,31 @@ async def test_messages_arriving_while_replies_are_sent_are_all_stored(
     assert sorted(await inbound_texts(client, conv["id"])) == sorted([REPORT, *reports])
     got = [(await citizen.reply())["body"] for _ in answers]
     assert sorted(got) == sorted(answers)
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_back_to_the_citizen(
+    prosody: Prosody, citizen: Citizen, tmp_path: Path,
+) -> None:
+    async def stopping(_message: InboundMessage) -> Stored:
+        raise ShuttingDown("the engine is shutting down")
+
+    async def nothing(*_args: Any) -> Any:
+        return []
+
+    xmpp, address = accounts(prosody, "client")
+    adapter = XmppAdapter([XmppAccount.model_validate(xmpp[0])])
+    await adapter.start(EngineAccess(submit=stopping, record_receipts=nothing, thread=nothing,
+                                     blobs=BlobStore(tmp_path)))
+    try:
+        async with asyncio.timeout(10):
+            while not adapter.connected("lapor"):
+                await asyncio.sleep(0.02)
+        sent = citizen.send(address, REPORT)
+        async with asyncio.timeout(10):
+            error = await citizen.errors.get()
+    finally:
+        await adapter.close()
+    assert error["id"] == sent
+    assert error["error"]["condition"] == "resource-constraint"
+    # No receipt: the citizen's client shows the message as not delivered.
+    assert sent not in citizen.receipts
