@@ -121,6 +121,38 @@ class TwilioAccount(BaseModel):
         return values
 
 
+class XmppAccount(BaseModel):
+    """One XMPP identity: a bot account (c2s login) or an external component (XEP-0114)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=200)
+    #: `client` logs in as a user (`jid` is the bot's bare JID); `component` connects as a
+    #: gateway (`jid` is the component's domain and takes every address under it).
+    mode: str = Field(default="client", pattern=r"^(client|component)$")
+    jid: str = Field(pattern=r"^[^@/\s]+@[^@/\s]+$|^[^@/\s]+$", max_length=1023)
+    #: The account's password, or the component's shared secret.
+    password: SecretStr
+    #: Where to connect; by default the JID's domain (DNS SRV) on 5222, or loopback:5347 for
+    #: a component. Without TLS only on loopback.
+    host: str | None = None
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    #: The OPD whose queue every conversation of this account goes to, rules or not.
+    opd: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,50}$")
+
+    @field_validator("password")
+    @classmethod
+    def _real_password(cls, value: SecretStr) -> SecretStr:
+        return _refuse_example(value)
+
+    @model_validator(mode="after")
+    def _jid_fits_mode(self) -> XmppAccount:
+        if (self.mode == "client") != ("@" in self.jid):
+            raise ValueError("jid must be a bare user JID (name@domain) in client mode and a "
+                             "domain (gw.example.org) in component mode")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of the engine; environment variables win over the YAML file."""
 
@@ -170,6 +202,10 @@ class Settings(BaseSettings):
     twilio_accounts: list[TwilioAccount] = Field(default_factory=list)
     #: Twilio's REST API base URL (a fake in tests); media is fetched only from this host.
     twilio_api_url: str = "https://api.twilio.com"
+    #: XMPP accounts and components; with secrets, set them in the environment as JSON, e.g.
+    #: OMNICHANNEL_XMPP_ACCOUNTS='[{"account": "lapor", "jid": "lapor@xmpp.example.org",
+    #: "password": "..."}]'
+    xmpp_accounts: list[XmppAccount] = Field(default_factory=list)
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
     #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).

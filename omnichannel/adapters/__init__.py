@@ -12,6 +12,7 @@ from omnichannel.adapters.base import Adapter
 from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.adapters.twilio import TwilioAdapter
 from omnichannel.adapters.whatsapp import WhatsAppAdapter
+from omnichannel.adapters.xmpp import XmppAdapter
 from omnichannel.settings import Settings
 
 #: How to build each channel's adapter from the settings; one adapter serves every account
@@ -38,6 +39,7 @@ REGISTRY: dict[str, Factory] = {
         timeout_s=settings.delivery_timeout_s, phone_region=settings.phone_region,
         public_url=settings.public_url,
     ),
+    XmppAdapter.name: lambda settings, _session: XmppAdapter(settings.xmpp_accounts),
 }
 
 #: HTTP routes of adapters besides `/webhooks/<name>` (a widget's script, a chat page, a

@@ -124,6 +124,9 @@ class Adapter(abc.ABC):
     capabilities: ClassVar[Capabilities]
     #: HTTP methods the provider uses on the webhook (a GET handshake, for some).
     methods: ClassVar[frozenset[str]] = frozenset({"POST"})
+    #: Whether messages arrive on `/webhooks/<name>`; False for a channel that receives them
+    #: over a server or connection of its own (`start`).
+    webhook: ClassVar[bool] = True
 
     @abc.abstractmethod
     def verify(self, request: WebhookRequest) -> None:

@@ -20,6 +20,7 @@ from omnichannel.blobs import BlobStore
 from omnichannel.bus.work import LocalWorkQueues
 from omnichannel.delivery import Deliverer, DeliveryError, Outgoing
 from omnichannel.model import InboundMessage, RouteDecision
+from omnichannel.settings import Settings
 from omnichannel.store import outbound
 from omnichannel.store.database import create_database
 from omnichannel.store.ingest import Ingestor
@@ -33,8 +34,14 @@ def outgoing(kit: Kit) -> Outgoing:
                     text="Terima kasih, laporan sudah diteruskan.")
 
 
-def test_every_registered_adapter_has_a_kit() -> None:
-    assert {k.name for k in KITS} == set(REGISTRY)
+async def test_every_registered_adapter_has_a_kit() -> None:
+    async with aiohttp.ClientSession() as session:
+        adapters = [build(Settings(), session) for build in REGISTRY.values()]
+        for adapter in adapters:
+            await adapter.close()
+    # The suite is about webhooks and HTTP sends; channels with a connection of their own
+    # (XMPP) are tested against their real servers instead.
+    assert {k.name for k in KITS} == {a.name for a in adapters if a.webhook}
 
 
 class FakeProvider:
