@@ -114,6 +114,9 @@ class EngineAccess:
     #: attachments, a widget's upload) are put here before the message is submitted, and the
     #: message's `Attachment.blob_id` names them.
     blobs: BlobStore
+    #: A conversation's latest citizen messages, newest first, with their provider ids and
+    #: raw records (what an e-mail reply needs to thread): `citizen_messages(conversation_id)`.
+    citizen_messages: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 class Adapter(abc.ABC):
@@ -124,6 +127,9 @@ class Adapter(abc.ABC):
     capabilities: ClassVar[Capabilities]
     #: HTTP methods the provider uses on the webhook (a GET handshake, for some).
     methods: ClassVar[frozenset[str]] = frozenset({"POST"})
+    #: Whether messages arrive on `/webhooks/<name>`; False for adapters that receive over
+    #: their own server or connection (SMTP, XMPP), whose webhook answers 404.
+    webhook: ClassVar[bool] = True
 
     @abc.abstractmethod
     def verify(self, request: WebhookRequest) -> None:
