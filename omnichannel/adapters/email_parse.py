@@ -24,7 +24,10 @@ from mailparser_reply import EmailReplyParser
 #: Block-level tags kept through sanitising only to become line breaks.
 _BLOCK_TAGS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
                          "blockquote", "table", "ul", "ol", "pre", "hr"})
-_BLOCK_TAG = re.compile(r"</?(?:%s)\s*/?>" % "|".join(sorted(_BLOCK_TAGS)))  # noqa: UP031
+#: Tags that end a line, and tags that end a paragraph; a run of them makes one break.
+_LINE_TAG = re.compile(r"</?(?:div|li|tr)\s*/?>")
+_PARAGRAPH_TAG = re.compile(r"</?(?:p|h[1-6]|blockquote|table|ul|ol|pre|hr)\s*/?>")
+_BREAK_RUN = re.compile(r"[\x01\x02\s]*[\x01\x02][\x01\x02\s]*")
 #: Values of `Precedence` that mark mail no person wrote to us.
 _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
 #: Sender mailboxes of delivery reports.
@@ -117,7 +120,8 @@ def parse_email(raw: bytes, *, envelope_sender: str | None = None) -> ParsedEmai
     parts: list[Part] = []
     _walk(message, texts, parts)
     plain = [t for kind, t in texts if kind == "text/plain"]
-    body = "\n\n".join(t if kind == "text/plain" else html_to_text(t) for kind, t in texts)
+    body = "\n\n".join((t if kind == "text/plain" else html_to_text(t)).strip()
+                       for kind, t in texts)
     body = _clean(body.replace("\r\n", "\n")).strip()
     sender_name, sender_address = _sender(message)
     return ParsedEmail(
@@ -166,8 +170,10 @@ def html_to_text(markup: str) -> str:
                         clean_content_tags={"script", "style", "title", "head"},
                         strip_comments=True, link_rel=None)
     # Source line breaks are spaces in HTML; only block elements break lines.
-    cleaned = re.sub(r"\s+", " ", cleaned)
-    cleaned = _BLOCK_TAG.sub("\n", cleaned)
+    cleaned = re.sub(r"\s+", " ", cleaned.replace("\x01", "").replace("\x02", ""))
+    cleaned = re.sub(r"<br\s*/?>", "\n", cleaned)
+    cleaned = _PARAGRAPH_TAG.sub("\x02", _LINE_TAG.sub("\x01", cleaned))
+    cleaned = _BREAK_RUN.sub(lambda run: "\n\n" if "\x02" in run.group() else "\n", cleaned)
     text = html.unescape(cleaned).replace("\xa0", " ")
     lines = [line.strip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
