@@ -355,3 +355,26 @@ async def test_email_both_ways_on_postgresql_and_rabbitmq(
         assert reply["In-Reply-To"] == f"<{thread['messages'][0]['external_id']}>"
     finally:
         await delete_topology(broker_prefix)
+
+
+async def test_a_file_over_the_limit_is_recorded_and_the_citizen_told(
+    make_client: MakeClient, sink: SmtpSink
+) -> None:
+    client, port = await engine(make_client, sink, max_attachment_bytes=100)
+    mail = citizen_mail("Banjir", "Videonya terlampir, fotonya juga.")
+    mail.add_attachment(b"\xff\xd8\xff kecil", maintype="image", subtype="jpeg",
+                        filename="foto.jpg")
+    mail.add_attachment(b"v" * 500, maintype="video", subtype="mp4", filename="banjir.mp4")
+    assert await deliver(port, mail) == {}
+    [conv] = await conversations(client)
+    [notice] = await sent_mail(sink, 1)
+    assert "terlalu besar" in notice.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert notice["In-Reply-To"] == mail["Message-ID"]
+    inbound = (await conversation(client, conv["id"]))["messages"][0]
+    photo, video = inbound["attachments"]
+    assert photo["blob_id"] and photo.get("status") is None
+    assert (video["filename"], video["size"], video["status"]) == ("banjir.mp4", 500,
+                                                                   "too_large")
+    resp = await client.get(f"/api/v1/messages/{inbound['id']}/attachments/0",
+                            headers=AGENT_AUTH)
+    assert await resp.read() == b"\xff\xd8\xff kecil"
