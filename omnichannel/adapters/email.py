@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import socket
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,6 +106,7 @@ class EmailAdapter(Adapter):
         self._timeout_s = timeout_s
         self._engine: EngineAccess | None = None
         self._server: asyncio.Server | None = None
+        self._sessions: weakref.WeakSet[_Receiver] = weakref.WeakSet()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -140,7 +143,9 @@ class EmailAdapter(Adapter):
 
     def statuses(self, request: WebhookRequest) -> list[StatusUpdate]:
         """A delivery report about one of our replies marks that reply failed."""
-        parsed = self._read(request)
+        return self._statuses(request, self._read(request))
+
+    def _statuses(self, request: WebhookRequest, parsed: ParsedEmail) -> list[StatusUpdate]:
         return [StatusUpdate(channel=CHANNEL, account=box.account, external_id=b.message_id,
                              status=DeliveryStatus.FAILED, at=parsed.sent_at or _now(),
                              error=b.reason[:500])
@@ -229,7 +234,7 @@ class EmailAdapter(Adapter):
         try:
             parsed = self._read(request)
             messages = self._messages(request, parsed)
-            receipts = self.statuses(request)
+            receipts = self._statuses(request, parsed)
         except Exception:  # the parser is lenient; a crash in it must not lose the mail
             log.exception("email_unreadable")
             return "451 4.3.0 the message could not be read; retry later"
@@ -295,12 +300,18 @@ class EmailAdapter(Adapter):
         self._engine = engine
         if not self._mailboxes:
             return
+        # aiosmtpd would look the machine's name up (DNS) for every connection.
+        self._helo = self._helo or await asyncio.to_thread(socket.getfqdn)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Receiver(self, data_size_limit=self._max_message, enable_SMTPUTF8=True,
-                              hostname=self._helo, ident="omnichannel"),
-            host=self._listen[0], port=self._listen[1],
-        )
+
+        def receiver() -> _Receiver:
+            protocol = _Receiver(self, data_size_limit=self._max_message, enable_SMTPUTF8=True,
+                                 hostname=self._helo, ident="omnichannel")
+            self._sessions.add(protocol)
+            return protocol
+
+        self._server = await loop.create_server(receiver, host=self._listen[0],
+                                                port=self._listen[1])
         log.info("email_receiver_listening", address=self.address,
                  mailboxes=sorted(self._mailboxes))
 
@@ -308,6 +319,10 @@ class EmailAdapter(Adapter):
         """Stop listening."""
         if self._server is not None:
             self._server.close()
+            # A relay may hold an idle connection for minutes; the server would wait for it.
+            for session in list(self._sessions):
+                if session.transport is not None:
+                    session.transport.close()
             await self._server.wait_closed()
             self._server = None
 

@@ -19,7 +19,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 import nh3
-from mailparser_reply import EmailReplyParser
+from mailparser_reply.parser import EmailMessage as ReplyText
 
 #: Block-level tags kept through sanitising only to become line breaks.
 _BLOCK_TAGS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
@@ -42,7 +42,6 @@ _QUOTE_HEADERS = (
 )
 #: A phone's one-line signature in Indonesian ("Dikirim dari iPhone saya").
 _SENT_FROM = re.compile(r"\n[ \t]*Dikirim dari [^\n]{1,60}\s*$", re.IGNORECASE)
-_REPLY_PARSER = EmailReplyParser(languages=["en"])
 #: Longest provider id the store keeps; longer Message-IDs are kept as their digest.
 _MAX_ID = 200
 
@@ -187,7 +186,8 @@ def strip_reply(text: str) -> str:
         found = pattern.search(cut)
         if found and found.start() > 0:
             cut = cut[:found.start()]
-    replies = _REPLY_PARSER.read(cut).replies
+    # Citizens list things with hyphens; only `--` starts a signature.
+    replies = ReplyText(text=cut, languages=["en"], keep_hyphen_lists=True).read().replies
     newest = replies[0].body if replies else cut
     lines = newest.split("\n")
     # A block of `>` lines at the end is the quoted message a client put below the reply.

@@ -3,6 +3,7 @@ server, and what the receiver answers the relay."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import replace
 from email import policy
@@ -157,6 +158,8 @@ def test_lone_attachment_and_attached_email_are_files() -> None:
     ("Ada kabel putus.\n\nDikirim dari iPhone saya\n", "Ada kabel putus."),
     ("Ada kabel putus.\n\nSent from my iPhone\n", "Ada kabel putus."),
     ("Ya.\n\n-----Pesan Asli-----\nDari: Lapor\nSubjek: laporan\n", "Ya."),
+    ("Jalan rusak di Passo:\n- lubang besar\n- air tergenang\n",
+     "Jalan rusak di Passo:\n- lubang besar\n- air tergenang"),
     # Nothing but a quotation: the whole text is kept rather than nothing.
     ("> Terima kasih\n", "> Terima kasih"),
 ])
@@ -516,3 +519,16 @@ def _access(blobs: BlobStore, history: list[dict[str, Any]] | None = None,
 
 def _triage(_message: InboundMessage) -> RouteDecision:
     return RouteDecision(queue="triage", rule=None, reason="test")
+
+
+async def test_closing_ends_idle_relay_connections(tmp_path: Path) -> None:
+    email = adapter()
+    await email.start(_access(BlobStore(tmp_path)))
+    assert email.address is not None
+    reader, writer = await asyncio.open_connection(*email.address)
+    assert (await reader.readline()).startswith(b"220 ")
+    async with asyncio.timeout(5):
+        await email.close()
+        assert await reader.read() == b""  # the server hung up
+    writer.close()
+    assert email.address is None
