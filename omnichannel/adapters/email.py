@@ -163,7 +163,10 @@ class EmailAdapter(Adapter):
         return None
 
     def _messages(self, request: WebhookRequest, parsed: ParsedEmail) -> list[InboundMessage]:
-        if self._automated(parsed) or not parsed.sender_address:
+        # A From without an address leaves the envelope's sender; one longer than an address
+        # can be (254) is no one's.
+        sender = parsed.sender_address or request.headers.get(MAIL_FROM, "").strip().lower()
+        if self._automated(parsed) or not 3 <= len(sender) <= 254 or "@" not in sender:
             return []
         raw_id = hashlib.sha256(request.body).hexdigest()
         attachments, notes = [], []
@@ -205,7 +208,8 @@ class EmailAdapter(Adapter):
         return [
             InboundMessage(
                 channel=CHANNEL, account=box.account, external_id=parsed.message_id,
-                sender=Sender(id=parsed.sender_address, name=parsed.sender_name), text=text,
+                sender=Sender(id=sender, name=(parsed.sender_name or "")[:200] or None),
+                text=text,
                 sent_at=sent_at, attachments=tuple(attachments), raw=raw, thread_hint=hint,
             )
             for box in self._ours(request)

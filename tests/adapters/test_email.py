@@ -532,3 +532,15 @@ async def test_closing_ends_idle_relay_connections(tmp_path: Path) -> None:
         assert await reader.read() == b""  # the server hung up
     writer.close()
     assert email.address is None
+
+
+def test_a_from_without_address_falls_back_to_the_envelope_and_absurd_ones_are_no_ones() -> None:
+    body = mail("From: Warga Ambon", "Message-ID: <nf@example.org>", body=b"Jalan rusak")
+    [message] = adapter().parse(email_request(body, mail_from="Warga@Example.org"))
+    assert message.sender.id == "warga@example.org"
+    long_name = "N" * 300
+    [named] = adapter().parse(email_request(mail(f"From: {long_name} <a@example.org>",
+                                                 body=b"x")))
+    assert named.sender.name == "N" * 200
+    absurd = mail(f"From: {'a' * 300}@example.org", body=b"x")
+    assert adapter().parse(email_request(absurd, mail_from="c" * 300 + "@x.org")) == []
