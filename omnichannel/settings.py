@@ -121,6 +121,20 @@ class TwilioAccount(BaseModel):
         return values
 
 
+class EmailImap(BaseModel):
+    """A mailbox read over IMAP, for deployments whose mail server cannot forward to us."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    #: `tls` (implicit, port 993) or `none` (plain, on a trusted network only).
+    security: str = Field(default="tls", pattern=r"^(tls|none)$")
+    username: str = Field(min_length=1)
+    password: SecretStr
+    folder: str = "INBOX"
+
+
 class EmailMailbox(BaseModel):
     """One address citizens write to: the account its conversations belong to, maybe an OPD's."""
 
@@ -135,6 +149,8 @@ class EmailMailbox(BaseModel):
     from_address: str | None = Field(default=None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
     #: The name shown beside it in the citizen's mail client.
     from_name: str = Field(default="", max_length=200)
+    #: Read it over IMAP instead of taking it from the relay by SMTP.
+    imap: EmailImap | None = None
 
     @field_validator("address", "from_address")
     @classmethod
@@ -216,6 +232,8 @@ class Settings(BaseSettings):
     #: `starttls` (upgrade when offered; required with a username), `tls` (implicit, port
     #: 465) or `none`.
     email_relay_security: str = Field(default="starttls", pattern=r"^(starttls|tls|none)$")
+    #: How often mailboxes read over IMAP are looked at for new mail.
+    email_imap_poll_s: float = Field(default=60.0, gt=0)
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
     #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).

@@ -49,6 +49,7 @@ REGISTRY: dict[str, Factory] = {
         relay_password=(settings.email_relay_password.get_secret_value()
                         if settings.email_relay_password else None),
         relay_security=settings.email_relay_security, timeout_s=settings.delivery_timeout_s,
+        imap_poll_s=settings.email_imap_poll_s,
     ),
 }
 

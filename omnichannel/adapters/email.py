@@ -10,6 +10,8 @@ body), so verifying and parsing stay pure and share the other channels' contract
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import ipaddress
 import socket
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aioimaplib
 import aiosmtplib
 import sqlalchemy as sa
 import structlog
@@ -35,6 +38,7 @@ from omnichannel.adapters.base import (
     TooLarge,
     WebhookRequest,
 )
+from omnichannel.adapters.connection import reconnecting
 from omnichannel.adapters.email_compose import (
     compose_reply,
     message_id_for,
@@ -87,7 +91,7 @@ class EmailAdapter(Adapter):
         max_attachment_bytes: int = 25 * 1024 * 1024, relay_networks: Sequence[str] = (),
         relay_host: str = "127.0.0.1", relay_port: int = 25, relay_username: str | None = None,
         relay_password: str | None = None, relay_security: str = "starttls",
-        timeout_s: float = 10.0,
+        timeout_s: float = 10.0, imap_poll_s: float = 60.0,
     ) -> None:
         self._mailboxes = {m.address: m for m in mailboxes}
         self._by_account = {m.account: m for m in mailboxes}
@@ -107,6 +111,8 @@ class EmailAdapter(Adapter):
         self._engine: EngineAccess | None = None
         self._server: asyncio.Server | None = None
         self._sessions: weakref.WeakSet[_Receiver] = weakref.WeakSet()
+        self._imap_poll_s = imap_poll_s
+        self._pollers: list[asyncio.Task[None]] = []
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -132,7 +138,8 @@ class EmailAdapter(Adapter):
         """The relay must be an allowed one and the mail addressed to a configured mailbox."""
         if not self._mailboxes:
             raise ChannelDisabled("the email channel is disabled: no mailbox is configured")
-        if not self.peer_allowed(request.headers.get(PEER, "")):
+        # Mail read over IMAP comes from our own mailbox, not from a relay.
+        if request.method != "IMAP" and not self.peer_allowed(request.headers.get(PEER, "")):
             raise SignatureError(f"{request.headers.get(PEER)!r} is not an allowed mail relay")
         if not self._ours(request):
             raise SignatureError("no recipient is a mailbox of this service")
@@ -300,9 +307,13 @@ class EmailAdapter(Adapter):
         return str(name[0]), int(name[1])
 
     async def start(self, engine: EngineAccess) -> None:
-        """Listen for the relay, when any mailbox is configured."""
+        """Read the mailboxes kept over IMAP, and listen for the relay if any other is set."""
         self._engine = engine
-        if not self._mailboxes:
+        for box in self._mailboxes.values():
+            if box.imap is not None:
+                self._pollers.append(asyncio.create_task(reconnecting(
+                    f"email-imap:{box.address}", functools.partial(self._poll, box))))
+        if all(box.imap is not None for box in self._mailboxes.values()):
             return
         # aiosmtpd would look the machine's name up (DNS) for every connection.
         self._helo = self._helo or await asyncio.to_thread(socket.getfqdn)
@@ -319,8 +330,54 @@ class EmailAdapter(Adapter):
         log.info("email_receiver_listening", address=self.address,
                  mailboxes=sorted(self._mailboxes))
 
+    async def _poll(self, box: EmailMailbox) -> None:
+        """One IMAP session: log in, then take unseen mail until the connection fails."""
+        imap = box.imap
+        assert imap is not None
+        client = (aioimaplib.IMAP4_SSL(imap.host, imap.port, timeout=self._timeout_s)
+                  if imap.security == "tls"
+                  else aioimaplib.IMAP4(imap.host, imap.port, timeout=self._timeout_s))
+        try:
+            await client.wait_hello_from_server()
+            _imap_ok(await client.login(imap.username, imap.password.get_secret_value()),
+                     "login")
+            _imap_ok(await client.select(imap.folder), f"select {imap.folder}")
+            log.info("email_imap_reading", mailbox=box.address, folder=imap.folder)
+            while True:
+                await self._take_unseen(client, box)
+                await asyncio.sleep(self._imap_poll_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.logout()
+
+    async def _take_unseen(self, client: aioimaplib.IMAP4, box: EmailMailbox) -> None:
+        """Store each unseen message, then mark it seen: one not stored stays unseen and is
+        read again at the next look (a repeat is stored once)."""
+        assert box.imap is not None
+        found = _imap_ok(await client.uid_search("UNSEEN"), "search")
+        for uid in (found[0].split() if found else []):
+            fetched = _imap_ok(await client.uid("fetch", uid.decode(), "(BODY.PEEK[])"),
+                               "fetch")
+            body = next((bytes(line) for line in fetched if isinstance(line, bytearray)), None)
+            if body is None:
+                continue  # expunged meanwhile
+            answer = await self.receive(WebhookRequest(
+                method="IMAP", url=f"imap://{box.imap.host}/{box.imap.folder}", body=body,
+                headers={RCPT_TO: box.address}))
+            if not answer.startswith("250"):
+                log.warning("email_imap_not_stored", mailbox=box.address, answer=answer)
+                return
+            _imap_ok(await client.uid("store", uid.decode(), "+FLAGS.SILENT (\\Seen)"),
+                     "store")
+
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening and reading."""
+        for task in self._pollers:
+            task.cancel()
+        for task in self._pollers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pollers.clear()
         if self._server is not None:
             self._server.close()
             # A relay may hold an idle connection for minutes; the server would wait for it.
@@ -413,3 +470,10 @@ class EmailAdapter(Adapter):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _imap_ok(response: aioimaplib.Response, what: str) -> list[Any]:
+    """The lines of a successful IMAP answer; an error ends the session (it reconnects)."""
+    if response.result != "OK":
+        raise ConnectionError(f"IMAP {what} failed: {response.result} {response.lines!r}")
+    return list(response.lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from omnichannel.adapters.base import ChannelDisabled, EngineAccess, SignatureError, TooLarge
 from omnichannel.adapters.email import MAIL_FROM, RCPT_TO, EmailAdapter
@@ -27,10 +28,11 @@ from omnichannel.blobs import BlobStore
 from omnichannel.bus.work import LocalWorkQueues
 from omnichannel.delivery import Deliverer, DeliveryError, Outgoing, OutgoingFile
 from omnichannel.model import DeliveryStatus, InboundMessage, RouteDecision
-from omnichannel.settings import EmailMailbox
+from omnichannel.settings import EmailImap, EmailMailbox
 from omnichannel.store import outbound
 from omnichannel.store.database import create_database
 from omnichannel.store.ingest import Ingestor, Stored
+from tests.adapters.imap import dovecot
 from tests.adapters.kits import EMAIL_CITIZEN, EMAIL_MAILBOX, email_message, email_request
 from tests.adapters.smtp import SmtpSink, smtp_sink
 from tests.conftest import new_database_url
@@ -544,3 +546,39 @@ def test_a_from_without_address_falls_back_to_the_envelope_and_absurd_ones_are_n
     assert named.sender.name == "N" * 200
     absurd = mail(f"From: {'a' * 300}@example.org", body=b"x")
     assert adapter().parse(email_request(absurd, mail_from="c" * 300 + "@x.org")) == []
+
+
+async def test_imap_mail_stays_unseen_until_it_is_stored(tmp_path: Path) -> None:
+    async with dovecot() as server:
+        await server.deliver(email_message("i1@example.org", "Sampah", "Di Batu Merah"))
+        box = EmailMailbox(address=EMAIL_MAILBOX, account="lapor", imap=EmailImap(
+            host="127.0.0.1", port=server.port, security="none", username=server.user,
+            password=SecretStr(server.password)))
+        attempts: list[InboundMessage] = []
+
+        async def broken(message: InboundMessage) -> Stored:
+            attempts.append(message)
+            raise OSError("disk full")
+
+        failing = adapter(mailboxes=[box], imap_poll_s=0.05)
+        await failing.start(_access(BlobStore(tmp_path), submit=broken))
+        async with asyncio.timeout(10):
+            while len(attempts) < 2:  # looked at again after the failure
+                await asyncio.sleep(0.05)
+        await failing.close()
+        assert await server.unseen() == 1
+
+        stored: list[InboundMessage] = []
+
+        async def submit(message: InboundMessage) -> Stored:
+            stored.append(message)
+            return Stored(1, 1, "AMB-2026-000001", False, None)
+
+        working = adapter(mailboxes=[box], imap_poll_s=0.05)
+        await working.start(_access(BlobStore(tmp_path), submit=submit))
+        async with asyncio.timeout(10):
+            while await server.unseen():
+                await asyncio.sleep(0.05)
+        await working.close()
+    [message] = stored
+    assert (message.external_id, message.account) == ("i1@example.org", "lapor")

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from omnichannel.adapters.email import EmailAdapter
 from omnichannel.appkeys import ENGINE
+from tests.adapters.imap import dovecot
 from tests.adapters.smtp import SmtpSink, smtp_sink
 from tests.conftest import BROKER_URL
 from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
@@ -378,3 +379,44 @@ async def test_a_file_over_the_limit_is_recorded_and_the_citizen_told(
     resp = await client.get(f"/api/v1/messages/{inbound['id']}/attachments/0",
                             headers=AGENT_AUTH)
     assert await resp.read() == b"\xff\xd8\xff kecil"
+
+
+async def test_a_mailbox_read_over_imap(make_client: MakeClient, sink: SmtpSink) -> None:
+    async with dovecot() as server:
+        await server.deliver(citizen_mail("Sampah", "Sampah di Batu Merah").as_bytes())
+        await server.deliver(citizen_mail("Cuti", "Saya cuti", Auto_Submitted="auto-replied",
+                                          message_id="<ooo@example.org>").as_bytes())
+        client = await make_client(
+            email_mailboxes=[{"address": MAILBOX, "imap": {
+                "host": "127.0.0.1", "port": server.port, "security": "none",
+                "username": server.user, "password": server.password}}],
+            email_relay_port=sink.port, email_relay_security="none", email_imap_poll_s=0.2,
+            auto_ack=True)
+        adapter = client.server.app[ENGINE].adapters["email"]
+        assert isinstance(adapter, EmailAdapter)
+        # Every mailbox is read over IMAP: nothing listens for a relay.
+        assert adapter.address is None
+
+        async def all_seen() -> bool:
+            return await server.unseen() == 0
+
+        await wait_for(all_seen)
+        [conv] = await conversations(client)
+        [message] = [m for m in (await conversation(client, conv["id"]))["messages"]
+                     if m["direction"] == "inbound"]
+        assert message["text"] == "Sampah\n\nSampah di Batu Merah"
+        [ack] = await sent_mail(sink, 1)
+        assert conv["tracking_number"] in ack["Subject"]
+        # Mail arriving later is read at the next look.
+        await server.deliver(citizen_mail(f"Re: Sampah [{conv['tracking_number']}]",
+                                          "Sudah tiga hari.").as_bytes())
+        await wait_for(all_seen)
+
+        async def joined() -> bool:
+            thread = (await conversation(client, conv["id"]))["messages"]
+            return [m["text"] for m in thread if m["direction"] == "inbound"][-1] == \
+                "Sudah tiga hari."
+
+        await wait_for(joined)
+        assert len(await conversations(client)) == 1
+        await client.close()
