@@ -93,10 +93,15 @@ class EmailAdapter(Adapter):
         relay_password: str | None = None, relay_security: str = "starttls",
         timeout_s: float = 10.0, imap_poll_s: float = 60.0,
     ) -> None:
-        self._mailboxes = {m.address: m for m in mailboxes}
         self._by_account = {m.account: m for m in mailboxes}
-        if len(self._by_account) != len(self._mailboxes):
+        if len(self._by_account) != len(mailboxes):
             raise ValueError("every e-mail mailbox needs its own account")
+        self._mailboxes = {m.address: m for m in mailboxes}
+        for box in mailboxes:
+            # Citizens' answers to our replies, and bounces of them, come to the address the
+            # replies left from.
+            if box.from_address:
+                self._mailboxes.setdefault(box.from_address, box)
         self._prefix = tracking_prefix
         self._listen = (listen_host, listen_port)
         self._helo = helo_name
@@ -164,8 +169,7 @@ class EmailAdapter(Adapter):
     def _automated(self, parsed: ParsedEmail) -> str | None:
         if parsed.automated:
             return parsed.automated
-        if parsed.sender_address in self._mailboxes or any(
-                parsed.sender_address == m.from_address for m in self._mailboxes.values()):
+        if parsed.sender_address in self._mailboxes:
             return "sent from one of our own addresses"
         return None
 
@@ -309,11 +313,11 @@ class EmailAdapter(Adapter):
     async def start(self, engine: EngineAccess) -> None:
         """Read the mailboxes kept over IMAP, and listen for the relay if any other is set."""
         self._engine = engine
-        for box in self._mailboxes.values():
+        for box in self._by_account.values():
             if box.imap is not None:
                 self._pollers.append(asyncio.create_task(reconnecting(
                     f"email-imap:{box.address}", functools.partial(self._poll, box))))
-        if all(box.imap is not None for box in self._mailboxes.values()):
+        if all(box.imap is not None for box in self._by_account.values()):
             return
         # aiosmtpd would look the machine's name up (DNS) for every connection.
         self._helo = self._helo or await asyncio.to_thread(socket.getfqdn)

@@ -582,3 +582,16 @@ async def test_imap_mail_stays_unseen_until_it_is_stored(tmp_path: Path) -> None
         await working.close()
     [message] = stored
     assert (message.external_id, message.account) == ("i1@example.org", "lapor")
+
+
+def test_the_address_replies_leave_from_takes_answers_for_its_mailbox() -> None:
+    email = adapter(mailboxes=[EmailMailbox(address="lapor@ambon.go.id", account="lapor",
+                                            from_address="balasan@ambon.go.id")])
+    request = email_request(email_message("ans@example.org", "Re: x [AMB-2026-000001]", "Ya"),
+                            rcpt="balasan@ambon.go.id")
+    email.verify(request)
+    [message] = email.parse(request)
+    assert message.account == "lapor"
+    from_us = email_request(email_message("us@example.org", "x", "y",
+                                          sender="balasan@ambon.go.id"))
+    assert email.parse(from_us) == []
