@@ -9,6 +9,7 @@ from aiohttp import web
 
 from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter
+from omnichannel.adapters.email import EmailAdapter
 from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.adapters.twilio import TwilioAdapter
 from omnichannel.adapters.whatsapp import WhatsAppAdapter
@@ -40,6 +41,18 @@ REGISTRY: dict[str, Factory] = {
         public_url=settings.public_url,
     ),
     XmppAdapter.name: lambda settings, _session: XmppAdapter(settings.xmpp_accounts),
+    EmailAdapter.name: lambda settings, _session: EmailAdapter(
+        settings.email_mailboxes, tracking_prefix=settings.tracking_prefix,
+        listen_host=settings.email_smtp_host, listen_port=settings.email_smtp_port,
+        helo_name=settings.email_helo_name, max_message_bytes=settings.email_max_message_bytes,
+        max_attachment_bytes=settings.max_attachment_bytes,
+        relay_networks=settings.email_relay_networks, relay_host=settings.email_relay_host,
+        relay_port=settings.email_relay_port, relay_username=settings.email_relay_username,
+        relay_password=(settings.email_relay_password.get_secret_value()
+                        if settings.email_relay_password else None),
+        relay_security=settings.email_relay_security, timeout_s=settings.delivery_timeout_s,
+        imap_poll_s=settings.email_imap_poll_s,
+    ),
 }
 
 #: HTTP routes of adapters besides `/webhooks/<name>` (a widget's script, a chat page, a
