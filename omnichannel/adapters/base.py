@@ -130,6 +130,8 @@ class Adapter(abc.ABC):
     #: Whether messages arrive on `/webhooks/<name>`; False for a channel that receives them
     #: over a server or connection of its own (`start`).
     webhook: ClassVar[bool] = True
+    #: How a channel without a webhook receives messages, told to whoever calls its webhook.
+    receives_over: ClassVar[str] = "its own connection or server"
 
     @abc.abstractmethod
     def verify(self, request: WebhookRequest) -> None:

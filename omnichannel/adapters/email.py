@@ -76,13 +76,13 @@ class _Receiver(SMTP):
 
 
 class EmailAdapter(Adapter):
-    """Mail arrives by SMTP from the organisation's mail relay (email_smtp_host and
-    email_smtp_port), not by webhook; replies leave through email_relay_host."""
+    """Takes citizens' mail by SMTP (or IMAP) and sends replies through the mail relay."""
 
     name = CHANNEL
     capabilities = Capabilities(max_text_length=100_000, media=True)
-    methods = frozenset({"SMTP"})
     webhook = False
+    receives_over = ("SMTP from the organisation's mail relay (email_smtp_host, email_smtp_port) "
+                     "or IMAP")
 
     def __init__(
         self, mailboxes: Sequence[EmailMailbox], *, tracking_prefix: str = "AMB",
