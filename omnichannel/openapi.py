@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from omnichannel import __version__
 from omnichannel.adapters.api import ApiMessage
+from omnichannel.adapters.webchat_routes import OPENAPI_PATHS as WEBCHAT_PATHS
 from omnichannel.inbox.api import ReplyRequest, StatusRequest
 
 _REF = "#/components/schemas/{model}"
@@ -252,5 +253,6 @@ def openapi_document() -> dict[str, Any]:
                                 "responses": {"200": _ok("ready"), "503": _ok("not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition"}}}},
+            **WEBCHAT_PATHS,
         },
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -195,6 +195,45 @@ class EmailMailbox(BaseModel):
         return self
 
 
+#: Images a web-chat visitor may upload, by the type their first bytes show.
+WebchatImageType = Literal["image/jpeg", "image/png", "image/webp", "image/gif"]
+WEBCHAT_IMAGE_TYPES: tuple[WebchatImageType, ...] = (
+    "image/jpeg", "image/png", "image/webp", "image/gif")
+
+
+class WebchatWidget(BaseModel):
+    """One embedded chat widget: its public key, the sites that may embed it, its OPD."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Public (it is in the site's HTML); the conversation's account and the rules' `account`.
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    #: The site it is embedded in, as agents see it (e.g. "Situs DLHP").
+    name: str = Field(min_length=1, max_length=200)
+    #: Origins (`https://dlhp.ambonkota.go.id`) whose pages may open its chat; the engine's
+    #: own standalone page `/chat/<key>` is always allowed.
+    origins: list[str] = Field(default_factory=list)
+    #: The OPD whose queue every conversation of this widget goes to, whatever the rules say.
+    opd: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")
+    #: What a visitor must give before writing (optional otherwise).
+    require: list[Literal["name", "phone", "email"]] = Field(default_factory=list)
+    #: The chat window's heading; a default in the widget's language otherwise.
+    title: str | None = Field(default=None, max_length=100)
+    language: Literal["id", "en"] = "id"
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        out = []
+        for raw in values:
+            match = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:[0-9]{1,5})?/?",
+                                 raw.strip())
+            if match is None:
+                raise ValueError(f"{raw!r} is not an origin (scheme://host[:port], no path)")
+            out.append(raw.strip().rstrip("/").lower())
+        return out
+
+
 class Settings(BaseSettings):
     """Every setting of the engine; environment variables win over the YAML file."""
 
@@ -270,6 +309,41 @@ class Settings(BaseSettings):
     email_relay_security: str = Field(default="starttls", pattern=r"^(starttls|tls|none)$")
     #: How often mailboxes read over IMAP are looked at for new mail.
     email_imap_poll_s: float = Field(default=60.0, gt=0)
+    #: Web-chat widgets (see README); the key is public, the secret signs visitors' tokens.
+    webchat_widgets: list[WebchatWidget] = Field(default_factory=list)
+    #: Signs visitors' identity tokens; required when widgets are configured.
+    webchat_secret: SecretStr | None = None
+    #: How long a visitor's token (and so their history in that browser) stays valid.
+    webchat_token_days: int = Field(default=365, gt=0)
+    #: Messages (and uploads) a visitor may send per minute; more are refused with a reason.
+    webchat_rate_per_minute: int = Field(default=20, gt=0)
+    #: Image types a visitor may upload (checked on the file's first bytes) and their size.
+    webchat_upload_types: list[WebchatImageType] = Field(
+        default_factory=lambda: list(WEBCHAT_IMAGE_TYPES))
+    webchat_upload_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    #: How often an open chat looks for replies another engine process sent (live pushes
+    #: reach only the sockets of the process that sends).
+    webchat_resync_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("webchat_secret")
+    @classmethod
+    def _real_webchat_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _refuse_example(value)
+
+    @field_validator("webchat_widgets")
+    @classmethod
+    def _widget_keys_unique(cls, widgets: list[WebchatWidget]) -> list[WebchatWidget]:
+        keys = [w.key for w in widgets]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a widget key is listed twice")
+        return widgets
+
+    @model_validator(mode="after")
+    def _widgets_need_a_secret(self) -> Settings:
+        if self.webchat_widgets and self.webchat_secret is None:
+            raise ValueError("webchat_widgets need webchat_secret to sign visitors' tokens")
+        return self
+
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
     #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).

@@ -12,6 +12,8 @@ from omnichannel.adapters.base import Adapter
 from omnichannel.adapters.email import EmailAdapter
 from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.adapters.twilio import TwilioAdapter
+from omnichannel.adapters.webchat import WebchatAdapter
+from omnichannel.adapters.webchat_routes import routes as webchat_routes
 from omnichannel.adapters.whatsapp import WhatsAppAdapter
 from omnichannel.adapters.xmpp import XmppAdapter
 from omnichannel.settings import Settings
@@ -53,12 +55,19 @@ REGISTRY: dict[str, Factory] = {
         relay_security=settings.email_relay_security, timeout_s=settings.delivery_timeout_s,
         imap_poll_s=settings.email_imap_poll_s,
     ),
+    WebchatAdapter.name: lambda settings, _session: WebchatAdapter(
+        settings.webchat_widgets, secret=settings.webchat_secret,
+        token_days=settings.webchat_token_days, rate_per_minute=settings.webchat_rate_per_minute,
+        upload_types=settings.webchat_upload_types, upload_bytes=settings.webchat_upload_bytes,
+        resync_s=settings.webchat_resync_s, phone_region=settings.phone_region,
+    ),
 }
 
 #: HTTP routes of adapters besides `/webhooks/<name>` (a widget's script, a chat page, a
 #: socket). They are mounted when the application is built, before any adapter exists, so each
 #: handler finds its adapter at request time in `request.app[ENGINE].adapters`.
 ADAPTER_ROUTES: list[web.RouteTableDef] = []
+ADAPTER_ROUTES.append(webchat_routes)
 
 
 async def carried_channels() -> set[str]:

@@ -132,8 +132,8 @@ async def thread(
                _conversation.c.channel == channel, _conversation.c.account == account)
     )
     rows = await conn.execute(
-        sa.select(m.id, m.conversation_id, m.direction, m.text, m.attachments, m.author,
-                  m.sent_at, m.delivery_status)
+        sa.select(m.id, m.conversation_id, m.direction, m.external_id, m.text, m.attachments,
+                  m.author, m.sent_at, m.delivery_status)
         .where(m.conversation_id.in_(conversations), m.id > after_id)
         .order_by(m.id).limit(limit)
     )
