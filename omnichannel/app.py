@@ -176,7 +176,8 @@ class Engine:
         await self.publisher.start()
         await self.pipeline.start()
         access = EngineAccess(submit=self.pipeline.submit, record_receipts=self.record_receipts,
-                              thread=self._thread, blobs=self.blobs)
+                              thread=self._thread, blobs=self.blobs,
+                              citizen_messages=self._citizen_messages)
         await self.deliverer.start(sorted(self.channels()))
         await self.fetcher.start()
         for adapter in self.adapters.values():
@@ -190,6 +191,10 @@ class Engine:
         async with self.db.api.connect() as conn:
             return await queries.thread(conn, channel=channel, account=account,
                                         address=address, after_id=after_id)
+
+    async def _citizen_messages(self, conversation_id: int) -> list[dict[str, Any]]:
+        async with self.db.api.connect() as conn:
+            return await queries.citizen_messages(conn, conversation_id)
 
     async def record_receipts(self, receipts: list[StatusUpdate]) -> None:
         """Store providers' delivery receipts and advance their messages' delivery states."""

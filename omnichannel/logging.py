@@ -58,3 +58,5 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log repeats what our own request logging says, at every request.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # slixmpp logs every stanza and event at debug and each connection step at info.
+    logging.getLogger("slixmpp").setLevel(max(root.level, logging.WARNING))

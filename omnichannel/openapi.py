@@ -153,6 +153,16 @@ def openapi_document() -> dict[str, Any]:
                               "413": _error("body too large"),
                               "503": _error("no Twilio account configured")},
             }},
+            "/webhooks/xmpp": {"post": {
+                "summary": "Not a webhook: the XMPP channel receives messages over its own "
+                           "connection to the XMPP server",
+                "responses": {"404": _error("the channel has no webhook")},
+            }},
+            "/webhooks/email": {"post": {
+                "summary": "No webhook: e-mail arrives by SMTP from the organisation's relay "
+                           "(email_smtp_host, email_smtp_port)",
+                "responses": {"404": _error("the channel takes no webhook")},
+            }},
             "/api/v1/conversations": {"get": {
                 "summary": "List conversations, newest first",
                 "security": bearer,

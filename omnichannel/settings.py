@@ -121,6 +121,80 @@ class TwilioAccount(BaseModel):
         return values
 
 
+class XmppAccount(BaseModel):
+    """One XMPP identity: a bot account (c2s login) or an external component (XEP-0114)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=200)
+    #: `client` logs in as a user (`jid` is the bot's bare JID); `component` connects as a
+    #: gateway (`jid` is the component's domain and takes every address under it).
+    mode: str = Field(default="client", pattern=r"^(client|component)$")
+    jid: str = Field(pattern=r"^[^@/\s]+@[^@/\s]+$|^[^@/\s]+$", max_length=1023)
+    #: The account's password, or the component's shared secret.
+    password: SecretStr
+    #: Where to connect; by default the JID's domain (DNS SRV) on 5222, or loopback:5347 for
+    #: a component. Without TLS only on loopback.
+    host: str | None = None
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    #: The OPD whose queue every conversation of this account goes to, rules or not.
+    opd: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,50}$")
+
+    @field_validator("password")
+    @classmethod
+    def _real_password(cls, value: SecretStr) -> SecretStr:
+        return _refuse_example(value)
+
+    @model_validator(mode="after")
+    def _jid_fits_mode(self) -> XmppAccount:
+        if (self.mode == "client") != ("@" in self.jid):
+            raise ValueError("jid must be a bare user JID (name@domain) in client mode and a "
+                             "domain (gw.example.org) in component mode")
+        return self
+
+
+class EmailImap(BaseModel):
+    """A mailbox read over IMAP, for deployments whose mail server cannot forward to us."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    #: `tls` (implicit, port 993) or `none` (plain, on a trusted network only).
+    security: str = Field(default="tls", pattern=r"^(tls|none)$")
+    username: str = Field(min_length=1)
+    password: SecretStr
+    folder: str = "INBOX"
+
+
+class EmailMailbox(BaseModel):
+    """One address citizens write to: the account its conversations belong to, maybe an OPD's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$", max_length=254)
+    #: The conversations' account; defaults to the address itself.
+    account: str = Field(default="", max_length=200)
+    #: An OPD's own address: its mail goes to that queue, whatever the rules say.
+    opd: str | None = None
+    #: Replies leave from this address (default: `address`).
+    from_address: str | None = Field(default=None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    #: The name shown beside it in the citizen's mail client.
+    from_name: str = Field(default="", max_length=200)
+    #: Read it over IMAP instead of taking it from the relay by SMTP.
+    imap: EmailImap | None = None
+
+    @field_validator("address", "from_address")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _account_defaults_to_address(self) -> EmailMailbox:
+        self.account = self.account or self.address
+        return self
+
+
 #: Images a web-chat visitor may upload, by the type their first bytes show.
 WebchatImageType = Literal["image/jpeg", "image/png", "image/webp", "image/gif"]
 WEBCHAT_IMAGE_TYPES: tuple[WebchatImageType, ...] = (
@@ -209,6 +283,32 @@ class Settings(BaseSettings):
     twilio_accounts: list[TwilioAccount] = Field(default_factory=list)
     #: Twilio's REST API base URL (a fake in tests); media is fetched only from this host.
     twilio_api_url: str = "https://api.twilio.com"
+    #: XMPP accounts and components; with secrets, set them in the environment as JSON, e.g.
+    #: OMNICHANNEL_XMPP_ACCOUNTS='[{"account": "lapor", "jid": "lapor@xmpp.example.org",
+    #: "password": "..."}]'
+    xmpp_accounts: list[XmppAccount] = Field(default_factory=list)
+    #: E-mail: addresses citizens write to, as JSON in the environment, e.g.
+    #: OMNICHANNEL_EMAIL_MAILBOXES='[{"address": "lapor@ambon.go.id"}]'; none disables it.
+    email_mailboxes: list[EmailMailbox] = Field(default_factory=list)
+    #: Where the SMTP receiver the mail relay forwards to listens.
+    email_smtp_host: str = "127.0.0.1"
+    email_smtp_port: int = Field(default=2525, ge=0, le=65535)
+    #: The name the receiver and the sender greet with (default: the machine's name).
+    email_helo_name: str | None = None
+    #: Largest message taken (announced as SMTP SIZE; larger ones are refused with 552).
+    email_max_message_bytes: int = Field(default=35 * 1024 * 1024, gt=0)
+    #: Relay hosts allowed to hand mail to the receiver (CIDRs); empty allows any.
+    email_relay_networks: list[str] = Field(default_factory=list)
+    #: The relay replies leave through.
+    email_relay_host: str = "127.0.0.1"
+    email_relay_port: int = Field(default=25, ge=1, le=65535)
+    email_relay_username: str | None = None
+    email_relay_password: SecretStr | None = None
+    #: `starttls` (upgrade when offered; required with a username), `tls` (implicit, port
+    #: 465) or `none`.
+    email_relay_security: str = Field(default="starttls", pattern=r"^(starttls|tls|none)$")
+    #: How often mailboxes read over IMAP are looked at for new mail.
+    email_imap_poll_s: float = Field(default=60.0, gt=0)
     #: Web-chat widgets (see README); the key is public, the secret signs visitors' tokens.
     webchat_widgets: list[WebchatWidget] = Field(default_factory=list)
     #: Signs visitors' identity tokens; required when widgets are configured.

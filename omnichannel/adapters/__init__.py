@@ -9,11 +9,13 @@ from aiohttp import web
 
 from omnichannel.adapters.api import ApiAdapter
 from omnichannel.adapters.base import Adapter
+from omnichannel.adapters.email import EmailAdapter
 from omnichannel.adapters.telegram import TelegramAdapter
 from omnichannel.adapters.twilio import TwilioAdapter
 from omnichannel.adapters.webchat import WebchatAdapter
 from omnichannel.adapters.webchat_routes import routes as webchat_routes
 from omnichannel.adapters.whatsapp import WhatsAppAdapter
+from omnichannel.adapters.xmpp import XmppAdapter
 from omnichannel.settings import Settings
 
 #: How to build each channel's adapter from the settings; one adapter serves every account
@@ -39,6 +41,19 @@ REGISTRY: dict[str, Factory] = {
         settings.twilio_accounts, session=session, api_url=settings.twilio_api_url,
         timeout_s=settings.delivery_timeout_s, phone_region=settings.phone_region,
         public_url=settings.public_url,
+    ),
+    XmppAdapter.name: lambda settings, _session: XmppAdapter(settings.xmpp_accounts),
+    EmailAdapter.name: lambda settings, _session: EmailAdapter(
+        settings.email_mailboxes, tracking_prefix=settings.tracking_prefix,
+        listen_host=settings.email_smtp_host, listen_port=settings.email_smtp_port,
+        helo_name=settings.email_helo_name, max_message_bytes=settings.email_max_message_bytes,
+        max_attachment_bytes=settings.max_attachment_bytes,
+        relay_networks=settings.email_relay_networks, relay_host=settings.email_relay_host,
+        relay_port=settings.email_relay_port, relay_username=settings.email_relay_username,
+        relay_password=(settings.email_relay_password.get_secret_value()
+                        if settings.email_relay_password else None),
+        relay_security=settings.email_relay_security, timeout_s=settings.delivery_timeout_s,
+        imap_poll_s=settings.email_imap_poll_s,
     ),
     WebchatAdapter.name: lambda settings, _session: WebchatAdapter(
         settings.webchat_widgets, secret=settings.webchat_secret,

@@ -166,6 +166,7 @@ async def record_delivery(
     }
     if external_id is not None:
         values["external_id"] = external_id
+        await _serialise_provider_ids(conn, [external_id])
     row = (
         await conn.execute(
             sa.update(_message).where(_message.c.id == message_id).values(**values)
@@ -192,6 +193,7 @@ async def record_receipts(conn: AsyncConnection, updates: Sequence[StatusUpdate]
     """Keep providers' receipts and advance their messages' states; returns messages advanced."""
     if not updates:
         return 0
+    await _serialise_provider_ids(conn, [u.external_id for u in updates])
     now = utcnow()
     await conn.execute(
         insert_for(conn, _receipt).on_conflict_do_nothing(),
@@ -203,6 +205,22 @@ async def record_receipts(conn: AsyncConnection, updates: Sequence[StatusUpdate]
     for update in updates:
         advanced += await _advance(conn, update)
     return advanced
+
+
+async def _serialise_provider_ids(conn: AsyncConnection, external_ids: Sequence[str]) -> None:
+    """On PostgreSQL, one transaction at a time records a send or receipts of a provider id.
+
+    Under READ COMMITTED a receipt committed while a send's result is being recorded would be
+    seen by neither: the receipt finds no message with the id yet, and the send read the
+    waiting receipts before it committed. A transaction-scoped advisory lock per id orders
+    them (taken in sorted order, so two transactions cannot wait for each other); SQLite has
+    one writer at a time already.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for external_id in sorted(set(external_ids)):
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(
+            sa.func.hashtextextended(external_id, 0))))
 
 
 async def _advance(conn: AsyncConnection, update: StatusUpdate) -> int:

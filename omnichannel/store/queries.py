@@ -138,3 +138,16 @@ async def thread(
         .order_by(m.id).limit(limit)
     )
     return [json_row(r._mapping) for r in rows]
+
+
+async def citizen_messages(
+    conn: AsyncConnection, conversation_id: int, *, limit: int = 5
+) -> list[dict[str, Any]]:
+    """A conversation's latest inbound messages, newest first, with provider ids and raw records."""
+    m = _message.c
+    rows = await conn.execute(
+        sa.select(m.id, m.external_id, m.raw, m.sent_at)
+        .where(m.conversation_id == conversation_id, m.direction == "inbound")
+        .order_by(m.sent_at.desc(), m.id.desc()).limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]

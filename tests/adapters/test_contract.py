@@ -34,14 +34,15 @@ def outgoing(kit: Kit) -> Outgoing:
                     text="Terima kasih, laporan sudah diteruskan.")
 
 
-async def test_every_registered_webhook_adapter_has_a_kit() -> None:
-    # Adapters without a webhook (their own socket or connection) have suites of their own.
+async def test_every_registered_adapter_has_a_kit() -> None:
     async with aiohttp.ClientSession() as session:
-        adapters = {name: build(Settings(), session) for name, build in REGISTRY.items()}
-        webhooks = {name for name, adapter in adapters.items() if adapter.webhook}
-        for adapter in adapters.values():
+        adapters = [build(Settings(), session) for build in REGISTRY.values()]
+        for adapter in adapters:
             await adapter.close()
-    assert {k.name for k in KITS} == webhooks
+    # The suite is about webhooks and sends: every channel with a webhook has a kit; a channel
+    # with a connection of its own (XMPP) is tested against its real server instead.
+    kits = {k.name for k in KITS}
+    assert {a.name for a in adapters if a.webhook} <= kits <= {a.name for a in adapters}
 
 
 class FakeProvider:
@@ -68,6 +69,8 @@ def kit(request: pytest.FixtureRequest) -> Kit:
 
 @pytest.fixture
 async def provider(kit: Kit) -> AsyncIterator[tuple[FakeProvider, str]]:
+    if not kit.provider_path:
+        pytest.skip(f"{kit.name} reaches its provider by another protocol; its own tests send")
     fake = FakeProvider(kit)
     app = web.Application()
     app.router.add_route("*", kit.provider_path, fake.handle)

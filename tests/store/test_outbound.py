@@ -152,6 +152,21 @@ async def test_a_receipt_that_overtakes_the_send_is_applied_when_the_send_is_rec
     assert (await message(db, message_id))["delivery_status"] == "delivered"
 
 
+async def test_a_receipt_committing_while_the_send_is_recorded_is_not_lost(db: Database) -> None:
+    message_id = await reply(db, await conversation(db), "Halo")
+    await claim(db, message_id)
+    async with db.write() as conn:
+        early = StatusUpdate(channel="wa", account="main", external_id="wamid.3",
+                             status=DeliveryStatus.DELIVERED, at=T0)
+        await outbound.record_receipts(conn, [early])
+        # The send's result is recorded while the receipt's transaction is still open: it
+        # must not read the receipts before they are committed and then miss them.
+        recording = asyncio.create_task(sent(db, message_id, external_id="wamid.3"))
+        await asyncio.sleep(0.3)
+    await recording
+    assert (await message(db, message_id))["delivery_status"] == "delivered"
+
+
 async def test_receipts_of_another_account_or_of_inbound_messages_change_nothing(
     db: Database,
 ) -> None:
