@@ -249,7 +249,10 @@
     var reason = t[frame.code] || t.error;
     if (frame.code === "identify_required") { askIdentity(); }
     if (!waiting) { setStatus(reason); return; }
-    if (frame.retry) { return; }  // sent again when the chat reconnects
+    if (frame.retry) {  // the service is busy or restarting: sent again in a moment
+      setTimeout(function () { transmit(frame.id); }, 3000);
+      return;
+    }
     delete pending[frame.id];
     waiting.li.classList.remove("pending");
     waiting.li.classList.add("failed");
