@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from omnichannel.adapters.webchat import WebchatAdapter
 from omnichannel.appkeys import ENGINE
+from omnichannel.pipeline import ShuttingDown
 from tests.http.conftest import AGENT_AUTH, MakeClient
 from tests.http.test_agent_api import conversation, wait_for
 
@@ -446,3 +448,25 @@ async def test_the_token_may_come_in_a_hello_frame_instead_of_the_url(
     closed = await rude.receive()
     assert closed.type == aiohttp.WSMsgType.CLOSE
     assert closed.data == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_for_a_retry(
+    chat_client: TestClient[Any, Any],
+) -> None:
+    adapter = chat_client.server.app[ENGINE].adapters["webchat"]
+    assert isinstance(adapter, WebchatAdapter)
+    access = adapter.engine
+
+    async def stopping(_message: Any) -> Any:
+        raise ShuttingDown("the engine is shutting down")
+
+    adapter._engine = dataclasses.replace(access, submit=stopping)
+    chat = await open_chat(chat_client)
+    await chat.ws.send_json({"type": "message", "id": "c-1", "text": "Pohon tumbang"})
+    error = await chat.frame("error")
+    assert (error["id"], error["code"], error["retry"]) == ("c-1", "unavailable", True)
+    adapter._engine = access
+    ack = await chat.say("Pohon tumbang", "c-1")
+    assert ack["duplicate"] is False
+    assert len((await only_conversation(chat_client))["messages"]) == 1
+    await chat.ws.close()
