@@ -341,9 +341,9 @@ async def test_swaks_delivers_a_multipart_message(make_client: MakeClient, sink:
 async def test_email_both_ways_on_postgresql_and_rabbitmq(
     make_client: MakeClient, sink: SmtpSink, broker_prefix: str
 ) -> None:
+    client, port = await engine(make_client, sink, "postgresql", broker_url=BROKER_URL,
+                                broker_prefix=broker_prefix)
     try:
-        client, port = await engine(make_client, sink, "postgresql", broker_url=BROKER_URL,
-                                    broker_prefix=broker_prefix)
         assert await deliver(port, citizen_mail("Sampah", "Sampah di Batu Merah")) == {}
         [conv] = await conversations(client)
         thread = await conversation(client, conv["id"])
@@ -355,6 +355,8 @@ async def test_email_both_ways_on_postgresql_and_rabbitmq(
         assert reply["Subject"] == f"Re: Sampah [{conv['tracking_number']}]"
         assert reply["In-Reply-To"] == f"<{thread['messages'][0]['external_id']}>"
     finally:
+        # Stopped first: a running engine's consumers would declare its queues again.
+        await client.close()
         await delete_topology(broker_prefix)
 
 
