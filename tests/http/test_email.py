@@ -126,6 +126,8 @@ async def test_mail_in_reply_out_and_the_citizens_answer_threads(
     tracking = conv["tracking_number"]
     assert ack["Subject"] == f"Re: Sampah di Pasar Mardika [{tracking}]"
     assert ack["In-Reply-To"] == first["Message-ID"]
+    # An automatic answer, which other robots must not answer (RFC 3834).
+    assert ack["Auto-Submitted"] == "auto-replied"
     assert tracking in ack.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
 
     resp = await client.post("/api/v1/attachments", data=b"\x89PNG bukti",
@@ -145,6 +147,7 @@ async def test_mail_in_reply_out_and_the_citizens_answer_threads(
     assert reply["Message-ID"].startswith(f"<{tracking}.") and reply["Message-ID"].endswith(
         "@ambon.go.id>")
     assert reply["From"] == f"Lapor Ambon <{MAILBOX}>"
+    assert reply["Auto-Submitted"] is None  # an agent wrote it
     assert [p.get_content_type() for p in reply.walk()] == [
         "multipart/mixed", "multipart/alternative", "text/plain", "text/html", "image/png"]
     html = reply.get_body(preferencelist=("html",))
@@ -373,6 +376,7 @@ async def test_a_file_over_the_limit_is_recorded_and_the_citizen_told(
     [notice] = await sent_mail(sink, 1)
     assert "terlalu besar" in notice.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert notice["In-Reply-To"] == mail["Message-ID"]
+    assert notice["Auto-Submitted"] == "auto-replied"
     inbound = (await conversation(client, conv["id"]))["messages"][0]
     photo, video = inbound["attachments"]
     assert photo["blob_id"] and photo.get("status") is None
