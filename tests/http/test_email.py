@@ -21,7 +21,7 @@ from omnichannel.appkeys import ENGINE
 from tests.adapters.imap import dovecot
 from tests.adapters.smtp import SmtpSink, smtp_sink
 from tests.conftest import BROKER_URL
-from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
+from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published
 from tests.http.test_agent_api import conversation, wait_for
 
 STORES = ["sqlite", "postgresql"]
@@ -346,21 +346,16 @@ async def test_email_both_ways_on_postgresql_and_rabbitmq(
 ) -> None:
     client, port = await engine(make_client, sink, "postgresql", broker_url=BROKER_URL,
                                 broker_prefix=broker_prefix)
-    try:
-        assert await deliver(port, citizen_mail("Sampah", "Sampah di Batu Merah")) == {}
-        [conv] = await conversations(client)
-        thread = await conversation(client, conv["id"])
-        await assert_all_published(broker_prefix, {thread["messages"][0]["id"]}, queue="dlhp")
-        resp = await client.post(f"/api/v1/conversations/{conv['id']}/messages",
-                                 json={"text": "Segera diangkut."}, headers=AGENT_AUTH)
-        assert resp.status == 202
-        [reply] = await sent_mail(sink, 1)
-        assert reply["Subject"] == f"Re: Sampah [{conv['tracking_number']}]"
-        assert reply["In-Reply-To"] == f"<{thread['messages'][0]['external_id']}>"
-    finally:
-        # Stopped first: a running engine's consumers would declare its queues again.
-        await client.close()
-        await delete_topology(broker_prefix)
+    assert await deliver(port, citizen_mail("Sampah", "Sampah di Batu Merah")) == {}
+    [conv] = await conversations(client)
+    thread = await conversation(client, conv["id"])
+    await assert_all_published(broker_prefix, {thread["messages"][0]["id"]}, queue="dlhp")
+    resp = await client.post(f"/api/v1/conversations/{conv['id']}/messages",
+                             json={"text": "Segera diangkut."}, headers=AGENT_AUTH)
+    assert resp.status == 202
+    [reply] = await sent_mail(sink, 1)
+    assert reply["Subject"] == f"Re: Sampah [{conv['tracking_number']}]"
+    assert reply["In-Reply-To"] == f"<{thread['messages'][0]['external_id']}>"
 
 
 async def test_a_file_over_the_limit_is_recorded_and_the_citizen_told(

@@ -21,7 +21,7 @@ from omnichannel.pipeline import ShuttingDown
 from omnichannel.settings import XmppAccount
 from omnichannel.store.ingest import Stored
 from tests.conftest import BROKER_URL
-from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
+from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published
 from tests.http.test_agent_api import conversation, wait_for
 from tests.xmpp_server import COMPONENT, COMPONENT_SECRET, Prosody, available
 
@@ -178,7 +178,6 @@ async def engine_settings(request: pytest.FixtureRequest) -> AsyncIterator[dict[
         return
     prefix: str = request.getfixturevalue("broker_prefix")
     yield {"store": "postgresql", "broker_url": BROKER_URL, "broker_prefix": prefix}
-    await delete_topology(prefix)
 
 
 @pytest.mark.parametrize("mode", ["client", "component"])
