@@ -26,13 +26,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 import asyncpg
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import REPO, Engine, _percentile
+from ingest import REPO, Engine, _percentile, delete_topology, opd_codes
 
 
 class Provider:
@@ -120,10 +119,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await runner.cleanup()
         tmp.cleanup()
         if prefix:
-            connection = await aio_pika.connect(args.broker_url)
-            async with connection:
-                channel = await connection.channel()
-                await channel.queue_delete(f"{prefix}.outbound.api")
+            await delete_topology(args.broker_url, prefix, opd_codes())
         if dbname:
             admin = await asyncpg.connect(args.database_url)
             await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -217,19 +217,28 @@ class Engine:
         await asyncio.to_thread(self.proc.wait, 30)
 
 
-def _codes() -> list[str]:
+def opd_codes() -> list[str]:
+    """The OPD queues the default rules declare."""
     sys.path.insert(0, str(REPO))
     from omnichannel.router import load_rules
 
     return list(load_rules(REPO / "config" / "routing.yaml").opds)
 
 
-async def _delete_topology(url: str, prefix: str, codes: list[str]) -> None:
-    """Remove the run's queues and exchanges: idle quorum queues still cost the broker."""
+async def delete_topology(url: str, prefix: str, codes: list[str]) -> None:
+    """Remove the run's queues and exchanges: idle quorum queues still cost the broker.
+
+    Each quorum queue holds files open in RabbitMQ; runs that leave theirs behind exhaust its
+    file-handle budget until new connections hang.
+    """
+    from omnichannel.adapters import carried_channels
+
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        for name in [f"{prefix}.opd.{code}" for code in codes] + [f"{prefix}.dead"]:
+        names = [f"{prefix}.opd.{code}" for code in codes] + [f"{prefix}.dead"]
+        names += [f"{prefix}.outbound.{name}" for name in await carried_channels()]
+        for name in names:
             await channel.queue_delete(name)
         for name in (f"{prefix}.routed", f"{prefix}.dead"):
             await channel.exchange_delete(name)
@@ -259,7 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with Engine(env) as engine, aiohttp.ClientSession(connector=connector) as session:
             if args.mode == "broker":
-                listening = rabbit_listener(args.broker_url, prefix, _codes())
+                listening = rabbit_listener(args.broker_url, prefix, opd_codes())
             else:
                 listening = sse_listener(session, engine.base, agent)
             async with listening as listener:
@@ -280,7 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         tmp_dir.cleanup()
         if args.mode == "broker":
-            await _delete_topology(args.broker_url, prefix, _codes())
+            await delete_topology(args.broker_url, prefix, opd_codes())
         if dbname:
             admin = await asyncpg.connect(args.database_url)
             await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -107,6 +107,12 @@ class Engine:
             adapter = self.sender_of(*key)
             self._bound[key] = adapter.bound_queue(message.account) if adapter else None
         bound = self._bound[key]
+        if bound is not None and bound not in self.rules.opds:
+            # No queue exists for an OPD the rules do not declare: its events could never be
+            # published. The rules route the message instead.
+            log.warning("bound_queue_unknown", channel=message.channel,
+                        account=message.account, queue=bound)
+            bound = None
         if bound is not None:
             return RouteDecision(queue=bound, rule=f"account:{message.account}",
                                  reason=f"{message.channel} account {message.account!r} "
@@ -170,7 +176,8 @@ class Engine:
         await self.publisher.start()
         await self.pipeline.start()
         access = EngineAccess(submit=self.pipeline.submit, record_receipts=self.record_receipts,
-                              thread=self._thread, blobs=self.blobs)
+                              thread=self._thread, blobs=self.blobs,
+                              citizen_messages=self._citizen_messages)
         await self.deliverer.start(sorted(self.channels()))
         await self.fetcher.start()
         for adapter in self.adapters.values():
@@ -184,6 +191,10 @@ class Engine:
         async with self.db.api.connect() as conn:
             return await queries.thread(conn, channel=channel, account=account,
                                         address=address, after_id=after_id)
+
+    async def _citizen_messages(self, conversation_id: int) -> list[dict[str, Any]]:
+        async with self.db.api.connect() as conn:
+            return await queries.citizen_messages(conn, conversation_id)
 
     async def record_receipts(self, receipts: list[StatusUpdate]) -> None:
         """Store providers' delivery receipts and advance their messages' delivery states."""
@@ -222,6 +233,8 @@ def webhook_view(channel: str) -> Callable[[web.Request], Awaitable[web.Response
         adapter = engine.adapters.get(channel)
         if adapter is None:
             fail(404, f"the {channel} channel is not configured")
+        if not adapter.webhook:
+            fail(404, f"the {channel} channel has no webhook")
         return await handle_webhook(
             adapter, request, engine.pipeline.submit, engine.record_receipts,
             max_body_bytes=engine.settings.max_body_bytes, public_url=engine.settings.public_url,

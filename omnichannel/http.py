@@ -62,10 +62,19 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if declared is not None and declared > limit:
         fail(413, f"body of {declared} bytes exceeds the limit of {limit} bytes",
              limit=limit, size=declared)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        fail(413, f"body exceeds the limit of {limit} bytes", limit=limit, size=len(body))
-    return body
+    # `read(n)` returns what has arrived so far, up to n: a body sent in several chunks is
+    # read until its end (or until it is over the limit).
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        fail(413, f"body exceeds the limit of {limit} bytes", limit=limit, size=size)
+    return b"".join(chunks)
 
 
 def decode_json(body: bytes) -> Any:

@@ -38,3 +38,8 @@ DELIVERIES = Counter(
     "omnichannel_deliveries_total", "Outbound delivery attempts", ["channel", "outcome"],
     registry=REGISTRY,
 )
+EMAIL_IGNORED = Counter(
+    "omnichannel_email_ignored_total",
+    "Automated mail (auto-replies, delivery reports, lists) taken but not stored as a citizen's",
+    ["kind"], registry=REGISTRY,
+)

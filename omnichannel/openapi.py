@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from omnichannel import __version__
 from omnichannel.adapters.api import ApiMessage
+from omnichannel.adapters.webchat_routes import OPENAPI_PATHS as WEBCHAT_PATHS
 from omnichannel.inbox.api import ReplyRequest, StatusRequest
 
 _REF = "#/components/schemas/{model}"
@@ -157,6 +158,11 @@ def openapi_document() -> dict[str, Any]:
                            "connection to the XMPP server",
                 "responses": {"404": _error("the channel has no webhook")},
             }},
+            "/webhooks/email": {"post": {
+                "summary": "No webhook: e-mail arrives by SMTP from the organisation's relay "
+                           "(email_smtp_host, email_smtp_port)",
+                "responses": {"404": _error("the channel takes no webhook")},
+            }},
             "/api/v1/conversations": {"get": {
                 "summary": "List conversations, newest first",
                 "security": bearer,
@@ -247,5 +253,6 @@ def openapi_document() -> dict[str, Any]:
                                 "responses": {"200": _ok("ready"), "503": _ok("not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition"}}}},
+            **WEBCHAT_PATHS,
         },
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -153,6 +153,87 @@ class XmppAccount(BaseModel):
         return self
 
 
+class EmailImap(BaseModel):
+    """A mailbox read over IMAP, for deployments whose mail server cannot forward to us."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    #: `tls` (implicit, port 993) or `none` (plain, on a trusted network only).
+    security: str = Field(default="tls", pattern=r"^(tls|none)$")
+    username: str = Field(min_length=1)
+    password: SecretStr
+    folder: str = "INBOX"
+
+
+class EmailMailbox(BaseModel):
+    """One address citizens write to: the account its conversations belong to, maybe an OPD's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$", max_length=254)
+    #: The conversations' account; defaults to the address itself.
+    account: str = Field(default="", max_length=200)
+    #: An OPD's own address: its mail goes to that queue, whatever the rules say.
+    opd: str | None = None
+    #: Replies leave from this address (default: `address`).
+    from_address: str | None = Field(default=None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    #: The name shown beside it in the citizen's mail client.
+    from_name: str = Field(default="", max_length=200)
+    #: Read it over IMAP instead of taking it from the relay by SMTP.
+    imap: EmailImap | None = None
+
+    @field_validator("address", "from_address")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _account_defaults_to_address(self) -> EmailMailbox:
+        self.account = self.account or self.address
+        return self
+
+
+#: Images a web-chat visitor may upload, by the type their first bytes show.
+WebchatImageType = Literal["image/jpeg", "image/png", "image/webp", "image/gif"]
+WEBCHAT_IMAGE_TYPES: tuple[WebchatImageType, ...] = (
+    "image/jpeg", "image/png", "image/webp", "image/gif")
+
+
+class WebchatWidget(BaseModel):
+    """One embedded chat widget: its public key, the sites that may embed it, its OPD."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Public (it is in the site's HTML); the conversation's account and the rules' `account`.
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    #: The site it is embedded in, as agents see it (e.g. "Situs DLHP").
+    name: str = Field(min_length=1, max_length=200)
+    #: Origins (`https://dlhp.ambonkota.go.id`) whose pages may open its chat; the engine's
+    #: own standalone page `/chat/<key>` is always allowed.
+    origins: list[str] = Field(default_factory=list)
+    #: The OPD whose queue every conversation of this widget goes to, whatever the rules say.
+    opd: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")
+    #: What a visitor must give before writing (optional otherwise).
+    require: list[Literal["name", "phone", "email"]] = Field(default_factory=list)
+    #: The chat window's heading; a default in the widget's language otherwise.
+    title: str | None = Field(default=None, max_length=100)
+    language: Literal["id", "en"] = "id"
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        out = []
+        for raw in values:
+            match = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:[0-9]{1,5})?/?",
+                                 raw.strip())
+            if match is None:
+                raise ValueError(f"{raw!r} is not an origin (scheme://host[:port], no path)")
+            out.append(raw.strip().rstrip("/").lower())
+        return out
+
+
 class Settings(BaseSettings):
     """Every setting of the engine; environment variables win over the YAML file."""
 
@@ -206,6 +287,63 @@ class Settings(BaseSettings):
     #: OMNICHANNEL_XMPP_ACCOUNTS='[{"account": "lapor", "jid": "lapor@xmpp.example.org",
     #: "password": "..."}]'
     xmpp_accounts: list[XmppAccount] = Field(default_factory=list)
+    #: E-mail: addresses citizens write to, as JSON in the environment, e.g.
+    #: OMNICHANNEL_EMAIL_MAILBOXES='[{"address": "lapor@ambon.go.id"}]'; none disables it.
+    email_mailboxes: list[EmailMailbox] = Field(default_factory=list)
+    #: Where the SMTP receiver the mail relay forwards to listens.
+    email_smtp_host: str = "127.0.0.1"
+    email_smtp_port: int = Field(default=2525, ge=0, le=65535)
+    #: The name the receiver and the sender greet with (default: the machine's name).
+    email_helo_name: str | None = None
+    #: Largest message taken (announced as SMTP SIZE; larger ones are refused with 552).
+    email_max_message_bytes: int = Field(default=35 * 1024 * 1024, gt=0)
+    #: Relay hosts allowed to hand mail to the receiver (CIDRs); empty allows any.
+    email_relay_networks: list[str] = Field(default_factory=list)
+    #: The relay replies leave through.
+    email_relay_host: str = "127.0.0.1"
+    email_relay_port: int = Field(default=25, ge=1, le=65535)
+    email_relay_username: str | None = None
+    email_relay_password: SecretStr | None = None
+    #: `starttls` (upgrade when offered; required with a username), `tls` (implicit, port
+    #: 465) or `none`.
+    email_relay_security: str = Field(default="starttls", pattern=r"^(starttls|tls|none)$")
+    #: How often mailboxes read over IMAP are looked at for new mail.
+    email_imap_poll_s: float = Field(default=60.0, gt=0)
+    #: Web-chat widgets (see README); the key is public, the secret signs visitors' tokens.
+    webchat_widgets: list[WebchatWidget] = Field(default_factory=list)
+    #: Signs visitors' identity tokens; required when widgets are configured.
+    webchat_secret: SecretStr | None = None
+    #: How long a visitor's token (and so their history in that browser) stays valid.
+    webchat_token_days: int = Field(default=365, gt=0)
+    #: Messages (and uploads) a visitor may send per minute; more are refused with a reason.
+    webchat_rate_per_minute: int = Field(default=20, gt=0)
+    #: Image types a visitor may upload (checked on the file's first bytes) and their size.
+    webchat_upload_types: list[WebchatImageType] = Field(
+        default_factory=lambda: list(WEBCHAT_IMAGE_TYPES))
+    webchat_upload_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    #: How often an open chat looks for replies another engine process sent (live pushes
+    #: reach only the sockets of the process that sends).
+    webchat_resync_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("webchat_secret")
+    @classmethod
+    def _real_webchat_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _refuse_example(value)
+
+    @field_validator("webchat_widgets")
+    @classmethod
+    def _widget_keys_unique(cls, widgets: list[WebchatWidget]) -> list[WebchatWidget]:
+        keys = [w.key for w in widgets]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a widget key is listed twice")
+        return widgets
+
+    @model_validator(mode="after")
+    def _widgets_need_a_secret(self) -> Settings:
+        if self.webchat_widgets and self.webchat_secret is None:
+            raise ValueError("webchat_widgets need webchat_secret to sign visitors' tokens")
+        return self
+
     #: Reply to a conversation's first message with its tracking number and OPD.
     auto_ack: bool = True
     #: Language of the texts the engine writes to citizens (a key of `auto_ack_texts`).

@@ -182,3 +182,30 @@ def test_invalid_twilio_accounts_are_refused(
     with pytest.raises(ConfigError, match=says) as refused:
         load_settings(write(tmp_path, "{}\n"))
     assert TWILIO_TOKEN not in str(refused.value)
+
+
+def test_email_mailboxes_from_the_environment_and_the_relay_password_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMNICHANNEL_EMAIL_MAILBOXES", json.dumps([
+        {"address": "Lapor@Ambon.go.id"},
+        {"address": "pupr@ambon.go.id", "account": "pupr", "opd": "dinas-pupr",
+         "from_address": "balasan@ambon.go.id"}]))
+    monkeypatch.setenv("OMNICHANNEL_EMAIL_RELAY_PASSWORD", "relay-password-0123456789")
+    settings = load_settings(write(tmp_path, "email_relay_security: tls\n"))
+    shared, pupr = settings.email_mailboxes
+    assert (shared.address, shared.account) == ("lapor@ambon.go.id", "lapor@ambon.go.id")
+    assert (pupr.account, pupr.opd, pupr.from_address) == ("pupr", "dinas-pupr",
+                                                           "balasan@ambon.go.id")
+    assert "relay-password" not in repr(settings)
+    assert settings.email_relay_security == "tls"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("email_mailboxes: [{address: not-an-address}]\n", "email_mailboxes"),
+    ("email_relay_security: ssl\n", "email_relay_security"),
+    ("email_mailboxes: [{address: a@b.id, secret: x}]\n", "secret"),
+])
+def test_invalid_email_configuration_is_refused(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings(write(tmp_path, text))

@@ -114,6 +114,9 @@ class EngineAccess:
     #: attachments, a widget's upload) are put here before the message is submitted, and the
     #: message's `Attachment.blob_id` names them.
     blobs: BlobStore
+    #: A conversation's latest citizen messages, newest first, with their provider ids and
+    #: raw records (what an e-mail reply needs to thread): `citizen_messages(conversation_id)`.
+    citizen_messages: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 class Adapter(abc.ABC):
@@ -127,6 +130,8 @@ class Adapter(abc.ABC):
     #: Whether messages arrive on `/webhooks/<name>`; False for a channel that receives them
     #: over a server or connection of its own (`start`).
     webhook: ClassVar[bool] = True
+    #: How a channel without a webhook receives messages, told to whoever calls its webhook.
+    receives_over: ClassVar[str] = "its own connection or server"
 
     @abc.abstractmethod
     def verify(self, request: WebhookRequest) -> None:

@@ -46,8 +46,8 @@ async def handle_webhook(
 ) -> web.Response:
     """Answer a provider: 2xx only once every message and receipt it sent is stored durably."""
     if not adapter.webhook:
-        fail(404, f"the {adapter.name} channel has no webhook: it receives messages over its "
-                  "own connection or server")
+        fail(404, f"the {adapter.name} channel has no webhook: it receives messages over "
+                  f"{adapter.receives_over}")
     if request.method not in adapter.methods:
         raise web.HTTPMethodNotAllowed(request.method, sorted(adapter.methods))
     try:

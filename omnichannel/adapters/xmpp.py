@@ -268,6 +268,7 @@ class XmppAdapter(Adapter):
     name = CHANNEL
     capabilities = Capabilities(max_text_length=10000, media=False)
     webhook = False
+    receives_over = "its own connection to the XMPP server"
 
     def __init__(self, accounts: Sequence[XmppAccount]) -> None:
         for field in ("account", "jid"):

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from omnichannel.model import TRIAGE, InboundMessage, RouteDecision, RoutedEvent
+from omnichannel.model import ACTIVE_STATUSES, TRIAGE, InboundMessage, RouteDecision, RoutedEvent
 from omnichannel.store.attachments import queue_fetches
 from omnichannel.store.tables import (
     ACTIVE_CONDITION,
@@ -30,6 +30,8 @@ _contact = CONTACT
 _identity = CONTACT_IDENTITY
 _conversation = CONVERSATION
 _message = MESSAGE
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
 
 #: Rules that only an agent sets; the router never moves such a conversation again.
 MANUAL_RULE_PREFIX = "manual:"
@@ -281,12 +283,57 @@ class Ingestor:
         )
         return {(r.contact_id, r.channel, r.account): dict(r._mapping) for r in rows}
 
-    async def _conversations(
-        self, conn: AsyncConnection, keys: set[tuple[int, str, str]], now: datetime
+    async def _reopen(
+        self, conn: AsyncConnection, hints: dict[tuple[int, str, str], list[str]],
+        now: datetime,
     ) -> dict[tuple[int, str, str], dict[str, Any]]:
-        """Find each key's active conversation, opening one where there is none."""
+        """Reopen the ended conversations that messages without an active one name.
+
+        A hint counts only for a conversation of the same contact on the same channel account,
+        so a stranger cannot write into someone else's case by its number.
+        """
+        c = _conversation.c
+        rows = await conn.execute(
+            sa.select(c.id, c.contact_id, c.channel, c.account, c.queue, c.rule,
+                      c.tracking_number, c.created_at)
+            .where(c.tracking_number.in_({n for numbers in hints.values() for n in numbers}))
+            .where(c.status.not_in(_ACTIVE))
+        )
+        named = {r.tracking_number: r for r in rows}
+        found: dict[tuple[int, str, str], dict[str, Any]] = {}
+        for key, numbers in hints.items():
+            row = next((named[n] for n in numbers if n in named
+                        and (named[n].contact_id, named[n].channel, named[n].account) == key),
+                       None)
+            if row is None:
+                continue
+            try:
+                # A savepoint: a racing worker may have opened an active conversation for the
+                # same key, which the partial unique index then refuses to duplicate.
+                async with conn.begin_nested():
+                    reopened = await conn.execute(
+                        sa.update(_conversation)
+                        .where(c.id == row.id, c.status.not_in(_ACTIVE))
+                        .values(status="open", updated_at=now)
+                    )
+            except sa.exc.IntegrityError:
+                continue
+            if reopened.rowcount == 1:
+                found[key] = dict(row._mapping)
+        return found
+
+    async def _conversations(
+        self, conn: AsyncConnection, keys: set[tuple[int, str, str]], now: datetime,
+        hints: dict[tuple[int, str, str], list[str]] | None = None,
+    ) -> dict[tuple[int, str, str], dict[str, Any]]:
+        """Find each key's active conversation: the open one, else an ended one its messages
+        name (reopened), else a new one."""
         found = await self._active_conversations(conn, keys)
         missing = [k for k in keys if k not in found]
+        hinted = {k: hints[k] for k in missing if hints and k in hints}
+        if hinted:
+            found.update(await self._reopen(conn, hinted, now))
+            missing = [k for k in missing if k not in found]
         if not missing:
             return found
         # The partial unique index makes a racing worker's insert do nothing here.
@@ -314,7 +361,13 @@ class Ingestor:
     ) -> dict[tuple[str, str, str], Stored]:
         contacts = await self._contacts(conn, batch)
         conv_keys = {(contacts[(m.channel, m.sender.id)], m.channel, m.account) for m in batch}
-        conversations = await self._conversations(conn, conv_keys, now)
+        # Tracking numbers the messages name (an e-mail reply's), newest message first.
+        hints: dict[tuple[int, str, str], list[str]] = {}
+        for m in sorted(batch, key=lambda m: m.sent_at or now, reverse=True):
+            if m.thread_hint:
+                hints.setdefault((contacts[(m.channel, m.sender.id)], m.channel, m.account),
+                                 []).append(m.thread_hint)
+        conversations = await self._conversations(conn, conv_keys, now, hints)
 
         # The citizen's order, not the workers': route and apply messages by provider time.
         ordered = sorted(batch, key=lambda m: m.sent_at or now)

@@ -88,7 +88,9 @@ async def conversation_channel(conn: AsyncConnection, conversation_id: int) -> A
                       _message.c.sender_id, _message.c.sent_at.label("last_inbound_at"))
             .join(_message, _message.c.conversation_id == c.id)
             .where(c.id == conversation_id, _message.c.direction == Direction.INBOUND.value)
-            .order_by(_message.c.id.desc())
+            # By the provider's clock: a message delivered late must not move the reply
+            # window back to when it was written.
+            .order_by(_message.c.sent_at.desc(), _message.c.id.desc())
             .limit(1)
         )
     ).first()
@@ -130,9 +132,22 @@ async def thread(
                _conversation.c.channel == channel, _conversation.c.account == account)
     )
     rows = await conn.execute(
-        sa.select(m.id, m.conversation_id, m.direction, m.text, m.attachments, m.author,
-                  m.sent_at, m.delivery_status)
+        sa.select(m.id, m.conversation_id, m.direction, m.external_id, m.text, m.attachments,
+                  m.author, m.sent_at, m.delivery_status)
         .where(m.conversation_id.in_(conversations), m.id > after_id)
         .order_by(m.id).limit(limit)
     )
     return [json_row(r._mapping) for r in rows]
+
+
+async def citizen_messages(
+    conn: AsyncConnection, conversation_id: int, *, limit: int = 5
+) -> list[dict[str, Any]]:
+    """A conversation's latest inbound messages, newest first, with provider ids and raw records."""
+    m = _message.c
+    rows = await conn.execute(
+        sa.select(m.id, m.external_id, m.raw, m.sent_at)
+        .where(m.conversation_id == conversation_id, m.direction == "inbound")
+        .order_by(m.sent_at.desc(), m.id.desc()).limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]

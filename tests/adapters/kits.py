@@ -524,3 +524,76 @@ WHATSAPP = Kit(
 )
 
 KITS = [API, TELEGRAM, WHATSAPP, TWILIO]
+
+# E-mail: the relay's SMTP transaction, as the receiver hands it to verify and parse.
+EMAIL_MAILBOX = "lapor@ambon.go.id"
+EMAIL_CITIZEN = "rina.latuconsina@example.org"
+
+
+def email_request(body: bytes, *, rcpt: str = EMAIL_MAILBOX, peer: str = "127.0.0.1",
+                  mail_from: str = EMAIL_CITIZEN) -> WebhookRequest:
+    """What the relay handed over: the envelope and the message's bytes."""
+    from omnichannel.adapters.email import MAIL_FROM, PEER, RCPT_TO
+
+    return WebhookRequest(method="SMTP", url="smtp://127.0.0.1:2525", body=body,
+                          headers={PEER: peer, MAIL_FROM: mail_from, RCPT_TO: rcpt})
+
+
+def email_message(message_id: str, subject: str, text: str, *, sender: str = EMAIL_CITIZEN,
+                  extra: dict[str, str] | None = None, files: int = 0) -> bytes:
+    """A citizen's mail as their client writes it."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    mail = EmailMessage(policy=SMTP)
+    mail["From"] = f"Rina Latuconsina <{sender}>"
+    mail["To"] = EMAIL_MAILBOX
+    mail["Subject"] = subject
+    mail["Date"] = "Sat, 28 Nov 2026 09:02:03 +0900"
+    mail["Message-ID"] = f"<{message_id}>"
+    for key, value in (extra or {}).items():
+        mail[key] = value
+    mail.set_content(text)
+    for n in range(files):
+        mail.add_attachment(b"\xff\xd8\xff photo %d" % n, maintype="image", subtype="jpeg",
+                            filename=f"foto-{n}.jpg")
+    return mail.as_bytes()
+
+
+def _email_adapter(_base: str, _session: aiohttp.ClientSession) -> Adapter:
+    from omnichannel.adapters.email import EmailAdapter
+    from omnichannel.settings import EmailMailbox
+
+    return EmailAdapter([EmailMailbox(address=EMAIL_MAILBOX, account="lapor")],
+                        relay_networks=["127.0.0.0/8", "::1/128"], timeout_s=2)
+
+
+def _email_forgeries(request: WebhookRequest) -> list[WebhookRequest]:
+    from omnichannel.adapters.email import PEER, RCPT_TO
+
+    return [replace(request, headers={**request.headers, RCPT_TO: "someone@ambon.go.id"}),
+            replace(request, headers={**request.headers, PEER: "203.0.113.9"})]
+
+
+EMAIL = Kit(
+    name="email",
+    build=_email_adapter,
+    fixtures=[
+        (email_request(email_message("k1@example.org", "Sampah di Batu Merah",
+                                     "Sudah tiga hari seng diangkut.")),
+         {"channel": "email", "account": "lapor", "external_id": "k1@example.org",
+          "sender_id": EMAIL_CITIZEN,
+          "text": "Sampah di Batu Merah\n\nSudah tiga hari seng diangkut.", "attachments": 0}),
+        (email_request(email_message("k2@example.org", "Re: Lubang [AMB-2026-000007]",
+                                     "Ini fotonya.", files=2)),
+         {"external_id": "k2@example.org", "text": "Ini fotonya.", "attachments": 2}),
+    ],
+    forgeries=_email_forgeries,
+    signs_body=False,
+    # Replies leave by SMTP, not HTTP: tests/adapters/test_email.py sends them to a real sink.
+    provider_path="",
+    provider_reply=lambda status: {},
+    account="lapor",
+    recipient=EMAIL_CITIZEN,
+)
+KITS.append(EMAIL)

@@ -39,9 +39,10 @@ async def test_every_registered_adapter_has_a_kit() -> None:
         adapters = [build(Settings(), session) for build in REGISTRY.values()]
         for adapter in adapters:
             await adapter.close()
-    # The suite is about webhooks and HTTP sends; channels with a connection of their own
-    # (XMPP) are tested against their real servers instead.
-    assert {k.name for k in KITS} == {a.name for a in adapters if a.webhook}
+    # The suite is about webhooks and sends: every channel with a webhook has a kit; a channel
+    # with a connection of its own (XMPP) is tested against its real server instead.
+    kits = {k.name for k in KITS}
+    assert {a.name for a in adapters if a.webhook} <= kits <= {a.name for a in adapters}
 
 
 class FakeProvider:
@@ -68,6 +69,8 @@ def kit(request: pytest.FixtureRequest) -> Kit:
 
 @pytest.fixture
 async def provider(kit: Kit) -> AsyncIterator[tuple[FakeProvider, str]]:
+    if not kit.provider_path:
+        pytest.skip(f"{kit.name} reaches its provider by another protocol; its own tests send")
     fake = FakeProvider(kit)
     app = web.Application()
     app.router.add_route("*", kit.provider_path, fake.handle)

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from omnichannel.adapters import REGISTRY
+from omnichannel.adapters import carried_channels
 from omnichannel.app import build_app
 from omnichannel.bus import decode_event
 from omnichannel.router import load_rules
@@ -141,16 +140,6 @@ async def assert_all_published(prefix: str, expected: set[int], queue: str = "dl
     assert expected <= seen
 
 
-async def outbound_channels() -> set[str]:
-    """Every channel the registered adapters carry replies on (an outbound queue each)."""
-    async with aiohttp.ClientSession() as session:
-        adapters = [build(Settings(), session) for build in REGISTRY.values()]
-        channels = {c for adapter in adapters for c in adapter.carries()}
-        for adapter in adapters:
-            await adapter.close()
-    return channels
-
-
 async def delete_topology(prefix: str) -> None:
     """Remove a test's exchange and queues from the shared broker."""
     assert BROKER_URL
@@ -159,7 +148,7 @@ async def delete_topology(prefix: str) -> None:
         channel = await connection.channel()
         codes = load_rules(REPO / "config" / "routing.yaml").opds
         names = [f"{prefix}.opd.{c}" for c in codes] + [f"{prefix}.dead"]
-        names += [f"{prefix}.outbound.{c}" for c in await outbound_channels()]
+        names += [f"{prefix}.outbound.{c}" for c in await carried_channels()]
         for name in names:
             try:
                 await channel.queue_delete(name)

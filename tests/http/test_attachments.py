@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -258,3 +259,18 @@ async def test_uploads_and_replies_with_files_are_checked(
 
 async def _count(items: list[Any], count: int) -> bool:
     return len(items) >= count
+
+
+async def test_an_upload_arriving_in_many_chunks_is_kept_whole(make_client: MakeClient) -> None:
+    client = await make_client(max_attachment_bytes=8 * 1024 * 1024)
+    body = bytes(range(256)) * (3 * 4096)  # 3 MiB: far more than one read's worth
+    resp = await client.post("/api/v1/attachments", data=io.BytesIO(body),
+                             headers={**AGENT_AUTH, "Content-Type": "image/png"})
+    assert resp.status == 201
+    uploaded = await resp.json()
+    assert uploaded["size"] == len(body)
+    path = client.server.app[ENGINE].blobs.path(uploaded["blob_id"])
+    assert path is not None and path.read_bytes() == body
+    over = await client.post("/api/v1/attachments", data=io.BytesIO(body * 3),
+                             headers={**AGENT_AUTH, "Content-Type": "image/png"})
+    assert over.status == 413

@@ -76,3 +76,18 @@ async def test_free_text_within_the_window_goes_out(make_client: MakeClient) -> 
         await wait_for_delivery(client, conv_id, "sent")
         [sent] = [orjson.loads(r.body) for r in graph.sent()]
         assert sent["text"]["body"] == "Petugas menuju lokasi."
+
+
+async def test_a_late_delivered_older_message_does_not_close_the_window(
+    make_client: MakeClient,
+) -> None:
+    async with fake_graph() as graph:
+        client = await make_client(**SETTINGS, whatsapp_api_url=graph.url)
+        conv_id = await citizen_wrote(client, seconds_ago=600, n=1)
+        # Meta delivers a message written two days ago after the recent one.
+        assert await citizen_wrote(client, seconds_ago=2 * DAY, n=2) == conv_id
+        resp = await client.post(f"/api/v1/conversations/{conv_id}/messages",
+                                 json={"text": "Petugas menuju lokasi."}, headers=AGENT_AUTH)
+        assert resp.status == 202, await resp.text()
+        await wait_for_delivery(client, conv_id, "sent")
+        assert len(graph.sent()) == 1

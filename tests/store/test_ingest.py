@@ -267,3 +267,67 @@ async def test_a_new_conversation_gets_one_queued_acknowledgement(db: Database) 
     [inline] = await run(InboundMessage(channel="api-inline", account="x", external_id="i1",
                                         sender=Sender(id="z"), text="jalan rusak"))
     assert inline.acknowledgement_id is None
+
+
+async def test_a_message_naming_its_resolved_conversation_reopens_it(db: Database) -> None:
+    [a] = await ingest(db, msg("a"))
+    async with db.api.begin() as conn:
+        assert await queries.set_status(conn, a.conversation_id, ConversationStatus.RESOLVED)
+    [reply] = await ingest(db, msg("reply", text="masih belum diangkut",
+                                   sent_at=T0 + timedelta(days=1),
+                                   thread_hint=a.tracking_number))
+    assert (reply.conversation_id, reply.tracking_number) == (a.conversation_id,
+                                                              a.tracking_number)
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, a.conversation_id)
+    assert conv is not None and conv["status"] == "open"
+    assert conv["queue"] == "dlhp"
+    assert [m["text"] for m in conv["messages"]] == ["sampah menumpuk", "masih belum diangkut"]
+    assert await count(db, "conversation") == 1
+
+
+async def test_a_hint_joins_the_active_conversation_rather_than_an_ended_one(
+    db: Database
+) -> None:
+    [old] = await ingest(db, msg("old"))
+    async with db.api.begin() as conn:
+        assert await queries.set_status(conn, old.conversation_id, ConversationStatus.CLOSED)
+    [current] = await ingest(db, msg("new", text="jalan rusak", sent_at=T0 + timedelta(hours=1)))
+    assert current.conversation_id != old.conversation_id
+    # Reopening the old one would break "one active conversation per contact and account".
+    [reply] = await ingest(db, msg("reply", sent_at=T0 + timedelta(hours=2),
+                                   thread_hint=old.tracking_number))
+    assert reply.conversation_id == current.conversation_id
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, old.conversation_id)
+    assert conv is not None and conv["status"] == "closed"
+
+
+async def test_a_hint_naming_another_contacts_conversation_is_ignored(db: Database) -> None:
+    [theirs] = await ingest(db, msg("theirs", sender="6281111111111"))
+    async with db.api.begin() as conn:
+        assert await queries.set_status(conn, theirs.conversation_id,
+                                        ConversationStatus.RESOLVED)
+    [mine] = await ingest(db, msg("mine", sender="6282222222222",
+                                  thread_hint=theirs.tracking_number))
+    [other_account] = await ingest(db, msg("elsewhere", sender="6281111111111",
+                                           account="other", thread_hint=theirs.tracking_number))
+    assert mine.conversation_id != theirs.conversation_id
+    assert other_account.conversation_id != theirs.conversation_id
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, theirs.conversation_id)
+    assert conv is not None and conv["status"] == "resolved"
+    assert len(conv["messages"]) == 1
+
+
+async def test_messages_of_one_batch_naming_a_resolved_conversation_all_join_it(
+    db: Database
+) -> None:
+    [a] = await ingest(db, msg("a"))
+    async with db.api.begin() as conn:
+        assert await queries.set_status(conn, a.conversation_id, ConversationStatus.RESOLVED)
+    stored = await ingest(db, msg("r1", sent_at=T0 + timedelta(days=1)),
+                          msg("r2", sent_at=T0 + timedelta(days=1, minutes=1),
+                              thread_hint=a.tracking_number))
+    assert {s.conversation_id for s in stored} == {a.conversation_id}
+    assert await count(db, "conversation") == 1
