@@ -233,8 +233,6 @@ def webhook_view(channel: str) -> Callable[[web.Request], Awaitable[web.Response
         adapter = engine.adapters.get(channel)
         if adapter is None:
             fail(404, f"the {channel} channel is not configured")
-        if not adapter.webhook:
-            fail(404, f"the {channel} channel has no webhook")
         return await handle_webhook(
             adapter, request, engine.pipeline.submit, engine.record_receipts,
             max_body_bytes=engine.settings.max_body_bytes, public_url=engine.settings.public_url,
