@@ -52,6 +52,8 @@ class Outgoing:
     template: Template | None = None
     #: Files sent with the reply, the text as their caption where the channel has captions.
     files: tuple[OutgoingFile, ...] = ()
+    #: Who wrote it: an agent, or `omnichannel` for the engine's own automatic messages.
+    author: str | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -198,7 +200,7 @@ class Deliverer:
             account=claimed["account"], recipient=target.sender_id, text=claimed["text"],
             template=Template(template["name"], template["language"],
                               tuple(template["parameters"])) if template else None,
-            files=tuple(files),
+            files=tuple(files), author=claimed.get("author"),
         )
 
     async def _record(self, claimed: dict[str, Any], status: DeliveryStatus, attempts: int,

@@ -65,6 +65,8 @@ MAIL_FROM = "X-Smtp-Mail-From"
 RCPT_TO = "X-Smtp-Rcpt-To"
 #: How `Attachment.url` names a part over the size limit, kept inside the raw message.
 PART_PREFIX = "email-part:"
+#: The author of the engine's own messages (acknowledgements, notices), not an agent's.
+ENGINE_AUTHOR = "omnichannel"
 #: Reply prefixes that mark a subject as an answer rather than a new report's title.
 _REPLY_SUBJECT = ("re:", "aw:", "bls:", "balas:", "fw:", "fwd:")
 
@@ -429,6 +431,7 @@ class EmailAdapter(Adapter):
             subject=reply_subject(subject, message.tracking_number), text=message.text,
             message_id=message_id, in_reply_to=in_reply_to,
             references=references_for(in_reply_to, references), files=message.files,
+            automatic=message.author == ENGINE_AUTHOR,
         )
         tls: dict[str, Any] = {"use_tls": self._security == "tls",
                                "start_tls": {"starttls": True if self._username else None,

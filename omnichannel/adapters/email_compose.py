@@ -50,9 +50,10 @@ def references_for(in_reply_to: str | None, earlier: Sequence[str]) -> list[str]
 def compose_reply(
     *, sender: str, sender_name: str, recipient: str, subject: str, text: str,
     message_id: str, in_reply_to: str | None = None, references: Sequence[str] = (),
-    files: Sequence[OutgoingFile] = (), when: datetime | None = None,
+    files: Sequence[OutgoingFile] = (), when: datetime | None = None, automatic: bool = False,
 ) -> EmailMessage:
-    """Plain text with an HTML alternative (the text escaped) and the files attached."""
+    """Plain text with an HTML alternative (the text escaped) and the files attached;
+    `automatic` marks the engine's own answers (RFC 3834), which other robots must not answer."""
     mail = EmailMessage(policy=policy.SMTP)
     mail["From"] = formataddr((sender_name, sender)) if sender_name else sender
     mail["To"] = recipient
@@ -63,6 +64,8 @@ def compose_reply(
         mail["In-Reply-To"] = f"<{in_reply_to}>"
     if references:
         mail["References"] = " ".join(f"<{r}>" for r in references)
+    if automatic:
+        mail["Auto-Submitted"] = "auto-replied"
     # Ask Exchange-style servers not to answer our replies with out-of-office notes.
     mail["X-Auto-Response-Suppress"] = "OOF, AutoReply"
     mail.set_content(text)

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
+from email.header import decode_header, make_header
+from email.headerregistry import BaseHeader
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -112,8 +114,39 @@ class ParsedEmail:
 
 
 def parse_email(raw: bytes, *, envelope_sender: str | None = None) -> ParsedEmail:
-    """Read one message's bytes; `envelope_sender` is SMTP's MAIL FROM (`""` for a bounce)."""
-    message = BytesParser(policy=policy.default).parsebytes(raw)
+    """Read one message's bytes; `envelope_sender` is SMTP's MAIL FROM (`""` for a bounce).
+
+    The standard library's modern header parser raises on some malformed headers; such mail
+    is read again with its legacy, lenient one, and failing that kept as plain text.
+    """
+    for mode in (policy.default, policy.compat32):
+        try:
+            return _parse(raw, mode, envelope_sender)
+        except Exception:  # noqa: S112 - the next, more lenient reading follows
+            continue
+    # Its headers alone, leniently, and the rest as text.
+    head = BytesParser(_class=EmailMessage, policy=policy.compat32).parsebytes(
+        raw, headersonly=True)
+    assert isinstance(head, EmailMessage)
+    _, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+    text = _clean(body.decode("utf-8", errors="replace")).strip()
+    name, address = _sender(head)
+    try:
+        automated = automated_reason(head, envelope_sender)
+    except Exception:
+        automated = automated_reason(EmailMessage(), envelope_sender)
+    return ParsedEmail(
+        message_id=_message_id(head, raw), sender_address=address, sender_name=name,
+        subject=_one_line(_header(head, "Subject")), sent_at=_date(head), text=text,
+        original_text=text, html_only=False,
+        in_reply_to=tuple(_ids(_header(head, "In-Reply-To"))),
+        references=tuple(_ids(_header(head, "References"))), parts=(),
+        headers=tuple((k, _clean(_one_line(v))) for k, v in _safe_items(head)),
+        automated=automated, defects=("Unreadable",))
+
+
+def _parse(raw: bytes, mode: policy.Policy, envelope_sender: str | None) -> ParsedEmail:
+    message = BytesParser(_class=EmailMessage, policy=mode).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     texts: list[tuple[str, str]] = []
     parts: list[Part] = []
@@ -135,7 +168,7 @@ def parse_email(raw: bytes, *, envelope_sender: str | None = None) -> ParsedEmai
         in_reply_to=tuple(_ids(_header(message, "In-Reply-To"))),
         references=tuple(_ids(_header(message, "References"))),
         parts=tuple(parts),
-        headers=tuple((k, _clean(_one_line(str(v)))) for k, v in _safe_items(message)),
+        headers=tuple((k, _clean(_one_line(v))) for k, v in _safe_items(message)),
         automated=automated_reason(message, envelope_sender),
         bounces=tuple(_bounces(message)),
         defects=tuple(type(d).__name__ for d in message.defects),
@@ -276,19 +309,29 @@ def _filename(name: str | None) -> str | None:
 def _header(message: EmailMessage, name: str) -> str:
     try:
         value = message.get(name)
-    except (ValueError, IndexError, TypeError):
+    except Exception:
         # A header the policy cannot parse: take its raw text instead.
         value = next((v for k, v in message.raw_items() if k.lower() == name.lower()), None)
-    return "" if value is None else str(value)
+    return "" if value is None else _decoded(value)
 
 
-def _safe_items(message: EmailMessage) -> list[tuple[str, Any]]:
+def _decoded(value: Any) -> str:
+    """A header's text; the legacy policy leaves RFC 2047 encoded words to decode."""
+    if isinstance(value, BaseHeader):
+        return str(value)
+    try:
+        return str(make_header(decode_header(str(value))))
+    except Exception:
+        return str(value)
+
+
+def _safe_items(message: EmailMessage) -> list[tuple[str, str]]:
     out = []
     for key, raw in message.raw_items():
         try:
-            value: Any = message.policy.header_fetch_parse(key, raw)
-        except (ValueError, IndexError, TypeError):
-            value = raw
+            value = _decoded(message.policy.header_fetch_parse(key, raw))
+        except Exception:
+            value = _decoded(raw)
         out.append((key, value))
     return out
 

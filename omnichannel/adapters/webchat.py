@@ -172,7 +172,7 @@ class WebchatAdapter(Adapter):
     name = CHANNEL
     capabilities = Capabilities(max_text_length=MAX_TEXT, media=True)
     webhook = False
-    receives_over = "the widget's WebSocket, /chat/<widget key>/socket"
+    receives_over = "the widget's WebSocket (/chat/<key>/socket)"
 
     def __init__(
         self, widgets: Sequence[WebchatWidget], *, secret: SecretStr | None,

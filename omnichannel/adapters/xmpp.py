@@ -76,7 +76,7 @@ class _Link:
         self.stream: ClientXMPP | ComponentXMPP | None = None
         #: Done when the current session's connection is lost.
         self.ended: asyncio.Future[None] | None = None
-        #: Messages being stored: the engine waits for them before it stops taking more.
+        #: Messages and receipts being stored: closing waits for them.
         self.storing: set[asyncio.Task[None]] = set()
 
     def _new_stream(self) -> ClientXMPP | ComponentXMPP:
@@ -178,6 +178,18 @@ class _Link:
 
     async def _take(self, engine: EngineAccess, stream: ClientXMPP | ComponentXMPP,
                     stanza: Message) -> None:
+        # slixmpp runs each handler as a task of its own: the adapter keeps count of them.
+        task = asyncio.current_task()
+        if task is not None:
+            self.storing.add(task)
+        try:
+            await self._handle(engine, stream, stanza)
+        finally:
+            if task is not None:
+                self.storing.discard(task)
+
+    async def _handle(self, engine: EngineAccess, stream: ClientXMPP | ComponentXMPP,
+                      stanza: Message) -> None:
         now = datetime.now(UTC)
         update = receipt(self.account.account, stanza, self.secret, now=now)
         if update is not None:
@@ -190,16 +202,8 @@ class _Link:
             return
         message = inbound_message(self.account.account, self.jid, stanza,
                                   component=self.component, now=now)
-        if message is None:
-            return
-        task = asyncio.current_task()
-        if task is not None:
-            self.storing.add(task)
-        try:
+        if message is not None:
             await self._store(engine, stream, stanza, message)
-        finally:
-            if task is not None:
-                self.storing.discard(task)
 
     async def _store(self, engine: EngineAccess, stream: ClientXMPP | ComponentXMPP,
                      stanza: Message, message: InboundMessage) -> None:
@@ -310,7 +314,7 @@ class XmppAdapter(Adapter):
         return await link.send(message)
 
     async def close(self) -> None:
-        """Let messages being stored finish, then disconnect every account."""
+        """Let messages and receipts being stored finish, then disconnect every account."""
         storing = [t for link in self._links.values() for t in link.storing]
         if storing:
             await asyncio.wait(storing, timeout=5)

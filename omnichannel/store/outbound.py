@@ -88,7 +88,7 @@ def _claim_statement() -> sa.Update:
         .values(delivery_status=DeliveryStatus.SENDING.value,
                 delivery_lease_until=sa.bindparam("lease_until"), delivery_updated_at=now)
         .returning(m.id, m.conversation_id, m.channel, m.account, m.text, m.raw,
-                   m.attachments, m.delivery_attempts)
+                   m.attachments, m.delivery_attempts, m.author)
     )
 
 

@@ -595,3 +595,13 @@ def test_the_address_replies_leave_from_takes_answers_for_its_mailbox() -> None:
     from_us = email_request(email_message("us@example.org", "x", "y",
                                           sender="balasan@ambon.go.id"))
     assert email.parse(from_us) == []
+
+
+def test_headers_the_standard_parser_chokes_on_still_give_the_text_and_sender() -> None:
+    raw = (b"From: =?utf-8?q?Jos=C3=A9?= <warga@example.org>\r\nSubject: Banjir\r\n"
+           b"Message-ID: <bad@example.org>\r\n"
+           b"Content-Type: charset=<(' \"><\"\x00;\r\n\r\nHalo warga\r\n")
+    parsed = parse_email(raw)
+    assert (parsed.text, parsed.sender_name, parsed.sender_address) == (
+        "Halo warga", "José", "warga@example.org")
+    assert (parsed.subject, parsed.message_id) == ("Banjir", "bad@example.org")

@@ -49,10 +49,12 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
     """Start engine apps: `await make_client(store="sqlite"|"postgresql", **settings)`.
 
     Each client is closed (its engine stopped) at the end; `await client.close()` stops one
-    earlier, as a restart does.
+    earlier, as a restart does. The RabbitMQ queues and exchanges of the engines' prefixes are
+    deleted after every engine stopped: a running engine would declare them again.
     """
     clients: list[TestClient[Any, Any]] = []
     urls: list[str] = []
+    prefixes: set[str] = set()
 
     async def make(store: str = "sqlite", **overrides: Any) -> TestClient[Any, Any]:
         # A `database_url` override restarts an engine on an earlier one's database.
@@ -61,6 +63,8 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
             url = await new_database_url(store, tmp_path)
             urls.append(url)
         overrides.setdefault("attachments_path", tmp_path / "attachments")
+        if overrides.get("broker_url"):
+            prefixes.add(overrides.get("broker_prefix", "omnichannel"))
         client: TestClient[Any, Any] = TestClient(
             TestServer(build_app(settings_for(url, **overrides)))
         )
@@ -71,6 +75,8 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
     yield make
     for client in clients:
         await client.close()
+    for prefix in prefixes:
+        await delete_topology(prefix)
     for url in urls:
         await drop_database_url(url)
 

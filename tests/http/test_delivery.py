@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from omnichannel.appkeys import ENGINE
 from omnichannel.store.tables import MESSAGE, utcnow
 from tests.conftest import BROKER_URL
-from tests.http.conftest import AGENT_AUTH, CallbackRecorder, MakeClient, delete_topology
+from tests.http.conftest import AGENT_AUTH, CallbackRecorder, MakeClient
 from tests.http.test_agent_api import conversation, post, wait_for, wait_for_delivery
 
 #: Both ways of running: SQLite with the in-process bus, PostgreSQL with RabbitMQ.
@@ -24,13 +24,12 @@ MODES = ["embedded", "broker"]
 
 @pytest.fixture(params=MODES)
 async def mode(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Settings of one mode; the broker mode gets its own queue names, removed afterwards."""
+    """Settings of one mode; the broker mode gets its own queue names, removed by `make_client`."""
     if request.param == "embedded":
         yield {"store": "sqlite"}
         return
     prefix: str = request.getfixturevalue("broker_prefix")
     yield {"store": "postgresql", "broker_url": BROKER_URL, "broker_prefix": prefix}
-    await delete_topology(prefix)
 
 
 async def send_reply(client: TestClient[Any, Any], conv_id: int, text: str) -> dict[str, Any]:
@@ -127,25 +126,22 @@ async def test_every_reply_is_sent_once_by_two_engines_sharing_the_queues(
     make_client: MakeClient, callback: CallbackRecorder, broker_prefix: str
 ) -> None:
     mode = {"store": "postgresql", "broker_url": BROKER_URL, "broker_prefix": broker_prefix}
-    try:
-        one = await make_client(**mode, api_callback_url=callback.url)
-        url = one.server.app[ENGINE].settings.database_url
-        two = await make_client(**mode, database_url=url, api_callback_url=callback.url)
-        conversations = [(await post(one, external_id=f"e{i}", sender_id=f"c{i}"))
-                         ["conversation_id"] for i in range(10)]
-        replies = [await send_reply(client, conv_id, f"balasan {n}")
-                   for conv_id in conversations for n, client in enumerate((one, two))]
-        for conv_id in conversations:
-            await wait_for(lambda c=conv_id: _all_sent(one, c))
-        keys = [h["Idempotency-Key"] for h in callback.headers]
-        assert sorted(keys) == sorted(f"omnichannel-{r['id']}" for r in replies)
-        connection = await aio_pika.connect(BROKER_URL or "")
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(f"{broker_prefix}.outbound.api", passive=True)
-            assert queue.declaration_result.message_count == 0
-    finally:
-        await delete_topology(broker_prefix)
+    one = await make_client(**mode, api_callback_url=callback.url)
+    url = one.server.app[ENGINE].settings.database_url
+    two = await make_client(**mode, database_url=url, api_callback_url=callback.url)
+    conversations = [(await post(one, external_id=f"e{i}", sender_id=f"c{i}"))
+                     ["conversation_id"] for i in range(10)]
+    replies = [await send_reply(client, conv_id, f"balasan {n}")
+               for conv_id in conversations for n, client in enumerate((one, two))]
+    for conv_id in conversations:
+        await wait_for(lambda c=conv_id: _all_sent(one, c))
+    keys = [h["Idempotency-Key"] for h in callback.headers]
+    assert sorted(keys) == sorted(f"omnichannel-{r['id']}" for r in replies)
+    connection = await aio_pika.connect(BROKER_URL or "")
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{broker_prefix}.outbound.api", passive=True)
+        assert queue.declaration_result.message_count == 0
 
 
 async def _received(callback: CallbackRecorder, count: int) -> bool:

@@ -21,7 +21,7 @@ from omnichannel.appkeys import ENGINE
 from tests.adapters.imap import dovecot
 from tests.adapters.smtp import SmtpSink, smtp_sink
 from tests.conftest import BROKER_URL
-from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
+from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published
 from tests.http.test_agent_api import conversation, wait_for
 
 STORES = ["sqlite", "postgresql"]
@@ -126,6 +126,8 @@ async def test_mail_in_reply_out_and_the_citizens_answer_threads(
     tracking = conv["tracking_number"]
     assert ack["Subject"] == f"Re: Sampah di Pasar Mardika [{tracking}]"
     assert ack["In-Reply-To"] == first["Message-ID"]
+    # An automatic answer, which other robots must not answer (RFC 3834).
+    assert ack["Auto-Submitted"] == "auto-replied"
     assert tracking in ack.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
 
     resp = await client.post("/api/v1/attachments", data=b"\x89PNG bukti",
@@ -145,6 +147,7 @@ async def test_mail_in_reply_out_and_the_citizens_answer_threads(
     assert reply["Message-ID"].startswith(f"<{tracking}.") and reply["Message-ID"].endswith(
         "@ambon.go.id>")
     assert reply["From"] == f"Lapor Ambon <{MAILBOX}>"
+    assert reply["Auto-Submitted"] is None  # an agent wrote it
     assert [p.get_content_type() for p in reply.walk()] == [
         "multipart/mixed", "multipart/alternative", "text/plain", "text/html", "image/png"]
     html = reply.get_body(preferencelist=("html",))
@@ -341,21 +344,18 @@ async def test_swaks_delivers_a_multipart_message(make_client: MakeClient, sink:
 async def test_email_both_ways_on_postgresql_and_rabbitmq(
     make_client: MakeClient, sink: SmtpSink, broker_prefix: str
 ) -> None:
-    try:
-        client, port = await engine(make_client, sink, "postgresql", broker_url=BROKER_URL,
-                                    broker_prefix=broker_prefix)
-        assert await deliver(port, citizen_mail("Sampah", "Sampah di Batu Merah")) == {}
-        [conv] = await conversations(client)
-        thread = await conversation(client, conv["id"])
-        await assert_all_published(broker_prefix, {thread["messages"][0]["id"]}, queue="dlhp")
-        resp = await client.post(f"/api/v1/conversations/{conv['id']}/messages",
-                                 json={"text": "Segera diangkut."}, headers=AGENT_AUTH)
-        assert resp.status == 202
-        [reply] = await sent_mail(sink, 1)
-        assert reply["Subject"] == f"Re: Sampah [{conv['tracking_number']}]"
-        assert reply["In-Reply-To"] == f"<{thread['messages'][0]['external_id']}>"
-    finally:
-        await delete_topology(broker_prefix)
+    client, port = await engine(make_client, sink, "postgresql", broker_url=BROKER_URL,
+                                broker_prefix=broker_prefix)
+    assert await deliver(port, citizen_mail("Sampah", "Sampah di Batu Merah")) == {}
+    [conv] = await conversations(client)
+    thread = await conversation(client, conv["id"])
+    await assert_all_published(broker_prefix, {thread["messages"][0]["id"]}, queue="dlhp")
+    resp = await client.post(f"/api/v1/conversations/{conv['id']}/messages",
+                             json={"text": "Segera diangkut."}, headers=AGENT_AUTH)
+    assert resp.status == 202
+    [reply] = await sent_mail(sink, 1)
+    assert reply["Subject"] == f"Re: Sampah [{conv['tracking_number']}]"
+    assert reply["In-Reply-To"] == f"<{thread['messages'][0]['external_id']}>"
 
 
 async def test_a_file_over_the_limit_is_recorded_and_the_citizen_told(
@@ -371,6 +371,7 @@ async def test_a_file_over_the_limit_is_recorded_and_the_citizen_told(
     [notice] = await sent_mail(sink, 1)
     assert "terlalu besar" in notice.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert notice["In-Reply-To"] == mail["Message-ID"]
+    assert notice["Auto-Submitted"] == "auto-replied"
     inbound = (await conversation(client, conv["id"]))["messages"][0]
     photo, video = inbound["attachments"]
     assert photo["blob_id"] and photo.get("status") is None
