@@ -11,6 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+#: Execution option marking a connection whose transactions write (SQLite: BEGIN IMMEDIATE);
+#: the ingest engine's write by default, the agents' engine's only when `Database.write` says.
+_WRITES = "omnichannel_writes"
+
 
 @dataclass(slots=True)
 class Database:
@@ -31,8 +35,10 @@ class Database:
             async with engine.begin() as conn:
                 yield conn
             return
-        async with self._sqlite_writer, engine.begin() as conn:
-            yield conn
+        async with self._sqlite_writer, engine.connect() as conn:
+            await conn.execution_options(**{_WRITES: True})
+            async with conn.begin():
+                yield conn
 
     @property
     def dialect(self) -> str:
@@ -54,7 +60,8 @@ class Database:
         await self.api.dispose()
 
 
-def _sqlite_engine(url: str) -> AsyncEngine:
+def _sqlite_engine(url: str, *, writes: bool) -> AsyncEngine:
+    """An SQLite engine; `writes`: its transactions take the write lock unless marked reads."""
     engine = create_async_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine.sync_engine, "connect")
@@ -73,7 +80,9 @@ def _sqlite_engine(url: str) -> AsyncEngine:
     def _on_begin(conn: sa.Connection) -> None:
         # A deferred transaction that reads and then writes cannot wait for the write lock
         # (SQLite answers "database is locked" at once); IMMEDIATE queues for it instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Agents' reads stay deferred: with WAL they never wait for, nor hold up, a writer.
+        immediate = conn.get_execution_options().get(_WRITES, writes)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -87,7 +96,8 @@ def create_database(
 ) -> Database:
     """Create the engines for `url` (an SQLAlchemy async URL)."""
     if url.startswith("sqlite"):
-        return Database(url=url, ingest=_sqlite_engine(url), api=_sqlite_engine(url),
+        return Database(url=url, ingest=_sqlite_engine(url, writes=True),
+                        api=_sqlite_engine(url, writes=False),
                         _sqlite_writer=asyncio.Lock())
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
