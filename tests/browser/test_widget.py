@@ -198,10 +198,8 @@ async def _chat_both_ways(client: TestClient[Any, Any], site: HostSite, browser:
 
     first_reply = await agent_reply(client, "Petugas DLHP segera ke lokasi.")
     await expect(log.locator("li", has_text="Petugas DLHP segera ke lokasi.")).to_have_count(1)
-    # Shown in the open window: the agent sees it read. (On PostgreSQL a receipt that
-    # overtakes the record of the send can be lost in the store, so only SQLite checks it.)
-    if client.server.app[ENGINE].settings.is_sqlite:
-        await wait_for(lambda: _status(client, first_reply, "read"))
+    # Shown in the open window: the agent sees it read.
+    await wait_for(lambda: _status(client, first_reply, "read"))
 
     # Escape closes the dialog and gives focus back to the launcher.
     await page.keyboard.press("Escape")
