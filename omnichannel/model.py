@@ -96,6 +96,8 @@ class Sender:
     id: str
     name: str | None = None
     phone: str | None = None
+    #: Lower-cased; like the phone, it joins a new channel identity to a known contact.
+    email: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

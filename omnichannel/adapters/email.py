@@ -221,7 +221,8 @@ class EmailAdapter(Adapter):
         return [
             InboundMessage(
                 channel=CHANNEL, account=box.account, external_id=parsed.message_id,
-                sender=Sender(id=sender, name=(parsed.sender_name or "")[:200] or None),
+                sender=Sender(id=sender, name=(parsed.sender_name or "")[:200] or None,
+                              email=sender[:254] or None),
                 text=text,
                 sent_at=sent_at, attachments=tuple(attachments), raw=raw, thread_hint=hint,
             )

@@ -306,7 +306,8 @@ class WebchatAdapter(Adapter):
             channel=CHANNEL, account=widget.key,
             # A resend after a reconnect carries the same client id: stored once.
             external_id=f"{visitor.id}:{client_id}",
-            sender=Sender(id=visitor.id, name=visitor.name, phone=visitor.phone),
+            sender=Sender(id=visitor.id, name=visitor.name, phone=visitor.phone,
+                          email=visitor.email),
             text=text, sent_at=datetime.now(UTC), attachments=attachments,
             raw={"widget": widget.key, "client_id": client_id, "visitor": details},
         )

@@ -204,8 +204,9 @@ class Ingestor:
     ) -> dict[tuple[str, str], int]:
         """Map each (channel, sender id) to its contact, creating contacts as needed.
 
-        A sender new on a channel whose phone number (E.164) a contact already has joins that
-        contact: the citizen on WhatsApp and on SMS is one person with one history.
+        A sender new on a channel whose phone number (E.164) or e-mail address a contact
+        already has joins that contact: the citizen on WhatsApp and on SMS, or by e-mail and in
+        the web chat, is one person with one history.
         """
         first: dict[tuple[str, str], InboundMessage] = {}
         for m in batch:
@@ -215,28 +216,34 @@ class Ingestor:
         if not missing:
             return found
 
-        # One owner per new identity: an existing contact with its phone, else a new contact
-        # shared by every new identity of the batch with the same phone.
-        phones = {first[k].sender.phone for k in missing if first[k].sender.phone}
+        # One owner per new identity: an existing contact with its phone (else its e-mail
+        # address), else a new contact shared by every new identity of the batch with the same
+        # phone (else address).
         owner: dict[tuple[str, str], int] = {}
-        if phones:
+        for column in (_contact.c.phone, _contact.c.email):
+            values = {v for k in missing if k not in owner
+                      and (v := getattr(first[k].sender, column.name))}
+            if not values:
+                continue
             known = await conn.execute(
-                sa.select(_contact.c.phone, sa.func.min(_contact.c.id))
-                .where(_contact.c.phone.in_(phones)).group_by(_contact.c.phone)
+                sa.select(column, sa.func.min(_contact.c.id))
+                .where(column.in_(values)).group_by(column)
             )
-            by_phone = {r[0]: r[1] for r in known}
-            owner = {k: by_phone[p] for k in missing
-                     if (p := first[k].sender.phone) in by_phone}
+            by_value = {r[0]: r[1] for r in known}
+            owner.update({k: by_value[v] for k in missing if k not in owner
+                          and (v := getattr(first[k].sender, column.name)) in by_value})
         groups: dict[object, list[tuple[str, str]]] = {}
         for k in missing:
             if k not in owner:
-                groups.setdefault(first[k].sender.phone or k, []).append(k)
+                sender = first[k].sender
+                groups.setdefault(sender.phone or sender.email or k, []).append(k)
         new_ids: list[int] = []
         if groups:
             created = await conn.execute(
                 sa.insert(_contact).returning(_contact.c.id, sort_by_parameter_order=True),
                 [{"name": first[keys[0]].sender.name, "phone": first[keys[0]].sender.phone,
-                  "created_at": utcnow()} for keys in groups.values()],
+                  "email": first[keys[0]].sender.email, "created_at": utcnow()}
+                 for keys in groups.values()],
             )
             new_ids = [r[0] for r in created]
             for keys, cid in zip(groups.values(), new_ids, strict=True):

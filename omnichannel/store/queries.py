@@ -62,7 +62,8 @@ async def get_conversation(conn: AsyncConnection, conversation_id: int) -> dict[
     row = (
         await conn.execute(
             sa.select(_conversation, _contact.c.name.label("contact_name"),
-                      _contact.c.phone.label("contact_phone"))
+                      _contact.c.phone.label("contact_phone"),
+                      _contact.c.email.label("contact_email"))
             .join(_contact, _contact.c.id == c.contact_id)
             .where(c.id == conversation_id)
         )

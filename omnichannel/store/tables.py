@@ -40,6 +40,8 @@ class Contact(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=200)
     #: E.164; a new channel identity with this number joins the contact.
     phone: str | None = Field(default=None, max_length=32, index=True)
+    #: Lower-cased; a new channel identity with this address joins the contact.
+    email: str | None = Field(default=None, max_length=254, index=True)
     created_at: datetime = _ts(default_factory=utcnow)
 
 

@@ -238,7 +238,8 @@ async def test_a_widget_may_require_name_and_phone(chat_client: TestClient[Any, 
                                      "email": "rina@example.id"}
     await chat.say("Jalan rusak di Jl. Sultan Hairun", "c-2")
     conv = await only_conversation(chat_client)
-    assert (conv["contact_name"], conv["contact_phone"]) == ("Rina", "+6281234567890")
+    assert (conv["contact_name"], conv["contact_phone"], conv["contact_email"]) == (
+        "Rina", "+6281234567890", "rina@example.id")
     await chat.ws.close()
     # The details travel in the new token: a reconnect with it needs no form again.
     back = await open_chat(chat_client, KEY_REQUIRED, token=identified["token"])

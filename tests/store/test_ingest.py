@@ -221,6 +221,32 @@ async def test_new_phone_on_two_channels_in_one_batch_makes_one_contact(db: Data
     assert await count(db, "contact") == 1
 
 
+async def test_one_e_mail_address_by_mail_and_in_the_web_chat_is_one_contact(
+    db: Database,
+) -> None:
+    def on(channel: str, sender: str, external_id: str) -> InboundMessage:
+        return InboundMessage(channel=channel, account="lapor", external_id=external_id,
+                              sender=Sender(id=sender, email="rina@example.id"),
+                              text="sampah", sent_at=T0)
+
+    [mail] = await ingest(db, on("email", "rina@example.id", "<m1@example.id>"))
+    [chat] = await ingest(db, on("webchat", "visitor-7f3a", "visitor-7f3a:c1"))
+    # A phone the store already knows wins over the address: that contact takes the sender.
+    phone = "+6281234567891"
+    [other] = await ingest(db, InboundMessage(
+        channel="api", account="lapor", external_id="p1", sender=Sender(id="form-9", phone=phone),
+        text="sampah", sent_at=T0))
+    [both] = await ingest(db, InboundMessage(
+        channel="sms", account="lapor", external_id="s1",
+        sender=Sender(id=phone, phone=phone, email="rina@example.id"), text="sampah", sent_at=T0))
+    assert mail.event and chat.event and other.event and both.event
+    assert mail.event.contact_id == chat.event.contact_id != other.event.contact_id
+    assert both.event.contact_id == other.event.contact_id
+    async with db.api.connect() as conn:
+        conv = await queries.get_conversation(conn, mail.conversation_id)
+    assert conv is not None and conv["contact_email"] == "rina@example.id"
+
+
 async def test_an_edit_replaces_the_text_and_keeps_the_earlier_version(db: Database) -> None:
     [original] = await ingest(db, msg("e1", text="sampah di pasar"))
     t1, t0 = T0 + timedelta(minutes=5), T0 + timedelta(minutes=2)
