@@ -19,6 +19,7 @@ from omnichannel.bus.work import WorkQueues
 from omnichannel.model import DeliveryStatus, Template
 from omnichannel.store import outbound, queries
 from omnichannel.store.database import Database
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -150,18 +151,12 @@ class Deliverer:
     async def stop(self) -> None:
         """Stop sending; replies in progress go back to `queued` and resume at the next start."""
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait([self._sweeper])
         for task in list(self._publishing):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._queues.close()
-        for task in list(self._chained):
-            task.cancel()
-        for task in list(self._chained):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._chained)
 
     def _lease(self, attempt: int) -> timedelta:
         return timedelta(seconds=self._timeout_s * 2 + self._backoff_s * 2**attempt

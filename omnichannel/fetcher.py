@@ -8,7 +8,6 @@ limit is recorded as such and the citizen is told, never silently dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from omnichannel.blobs import BlobStore
 from omnichannel.store import attachments, outbound, queries
 from omnichannel.store.attachments import FetchStatus
 from omnichannel.store.database import Database
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +60,7 @@ class Fetcher:
 
     async def stop(self) -> None:
         """Cancel fetches in progress; they stay pending and resume at the next start."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
     async def _fetch_message(self, message_id: int) -> None:
         async with self._db.api.connect() as conn:

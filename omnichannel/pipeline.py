@@ -16,6 +16,7 @@ from omnichannel.model import InboundMessage, RoutedEvent
 from omnichannel.store import outbox
 from omnichannel.store.database import Database
 from omnichannel.store.ingest import Ingestor, Stored
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -66,11 +67,7 @@ class IngestPipeline:
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), grace_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
     async def submit(self, message: InboundMessage) -> Stored:
         """Store `message` durably and return where it went."""
@@ -202,11 +199,7 @@ class Publisher:
         """Publish what is queued (for up to `grace_s` seconds), then stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drain(), grace_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
     async def _reread_overflow(self) -> None:
         """After an overflow, read the events left in the database once the backlog is gone."""

@@ -56,6 +56,7 @@ from omnichannel.model import (
 )
 from omnichannel.pipeline import ShuttingDown
 from omnichannel.settings import EmailMailbox
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -379,11 +380,7 @@ class EmailAdapter(Adapter):
 
     async def close(self) -> None:
         """Stop listening and reading."""
-        for task in self._pollers:
-            task.cancel()
-        for task in self._pollers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._pollers)
         self._pollers.clear()
         if self._server is not None:
             self._server.close()

@@ -8,7 +8,6 @@ else, and refuses with 403; an unknown widget key is 404.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from omnichannel.appkeys import ENGINE
 from omnichannel.http import json_response, read_body
 from omnichannel.pipeline import ShuttingDown
 from omnichannel.settings import WebchatWidget
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -207,9 +207,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
                 continue
             visitor = await _frame(adapter, widget, visitor, live, msg.data)
     finally:
-        resync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await resync
+        await cancel_and_wait([resync])
         adapter.forget(widget, live)
     return ws
 

@@ -9,7 +9,6 @@ move them to `delivered`, and error bounces to `failed`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from omnichannel.adapters.xmpp_stanza import (
 from omnichannel.delivery import DeliveryError, Outgoing
 from omnichannel.model import InboundMessage
 from omnichannel.settings import XmppAccount
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -318,9 +318,5 @@ class XmppAdapter(Adapter):
         storing = [t for link in self._links.values() for t in link.storing]
         if storing:
             await asyncio.wait(storing, timeout=5)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()

@@ -8,7 +8,6 @@ process lives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from omnichannel.bus.base import (
     encode_event,
 )
 from omnichannel.model import RoutedEvent
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -164,9 +164,7 @@ class _MemorySubscription(Subscription):
             return
         self._cancelled = True
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await cancel_and_wait([self._loop_task])
         if self._handlers:
             # Let handlers in progress finish, as closing an AMQP channel only after acks would.
             _done, pending = await asyncio.wait(self._handlers, timeout=self._bus.drain_timeout)

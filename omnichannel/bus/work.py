@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from omnichannel.bus.base import BusError, check_code
 from omnichannel.bus.rabbitmq import RabbitBus
+from omnichannel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -71,11 +72,7 @@ class LocalWorkQueues(WorkQueues):
 
     async def close(self) -> None:
         """Cancel the items in progress and wait for them to unwind."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
 
 class RabbitWorkQueues(WorkQueues):
