@@ -325,11 +325,6 @@ class Settings(BaseSettings):
     #: reach only the sockets of the process that sends).
     webchat_resync_s: float = Field(default=5.0, gt=0)
 
-    @field_validator("webchat_secret")
-    @classmethod
-    def _real_webchat_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else _refuse_example(value)
-
     @field_validator("webchat_widgets")
     @classmethod
     def _widget_keys_unique(cls, widgets: list[WebchatWidget]) -> list[WebchatWidget]:
@@ -377,7 +372,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
-    @field_validator("api_token", "agent_token", "whatsapp_app_secret", "whatsapp_verify_token")
+    @field_validator("api_token", "agent_token", "whatsapp_app_secret", "whatsapp_verify_token",
+                     "webchat_secret")
     @classmethod
     def _refuse_example_secret(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _refuse_example(value)

@@ -367,6 +367,9 @@ _ACK: dict[str, Any] = {"description": "stored durably", "content": {"applicatio
         "type": {"const": "ack"}, "id": {"type": "string"}, "seq": {"type": "integer"},
         "duplicate": {"type": "boolean"}}}}}}
 _VISITOR: list[dict[str, list[str]]] = [{"bearer": []}]
+_PREFLIGHT: dict[str, Any] = {"summary": "CORS preflight", "parameters": [_KEY],
+                              "responses": {"204": {"description": "allowed"},
+                                            "403": _refused("Origin not allowed")}}
 #: The web chat's routes in the OpenAPI document (`omnichannel/openapi.py` merges them).
 OPENAPI_PATHS: dict[str, Any] = {
     "/webhooks/webchat": {"post": {
@@ -395,9 +398,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                       "403": _refused("Origin not allowed for this widget"),
                       "404": _refused("no widget has this key")}}},
     "/chat/{key}/upload": {
-        "options": {"summary": "CORS preflight", "parameters": [_KEY],
-                    "responses": {"204": {"description": "allowed"},
-                                  "403": _refused("Origin not allowed")}},
+        "options": _PREFLIGHT,
         "post": {
             "summary": "A photo from the visitor (the body is the image)", "security": _VISITOR,
             "parameters": [_KEY,
@@ -413,9 +414,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                           "415": _refused("not an allowed image type"),
                           "429": _refused("too many messages")}}},
     "/chat/{key}/files/{seq}/{position}": {
-        "options": {"summary": "CORS preflight", "parameters": [_KEY],
-                    "responses": {"204": {"description": "allowed"},
-                                  "403": _refused("Origin not allowed")}},
+        "options": _PREFLIGHT,
         "get": {
             "summary": "A file of the visitor's own conversation", "security": _VISITOR,
             "parameters": [_KEY,
