@@ -128,6 +128,17 @@ def broker_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(params=["embedded", "broker"])
+async def engine_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each mode's store and bus: SQLite and the in-process bus, or PostgreSQL and RabbitMQ
+    under a prefix of the test's own (skipped unless configured; `make_client` removes its
+    queues)."""
+    if request.param == "embedded":
+        return {"store": "sqlite"}
+    prefix: str = request.getfixturevalue("broker_prefix")
+    return {"store": "postgresql", "broker_url": BROKER_URL, "broker_prefix": prefix}
+
+
 async def assert_all_published(prefix: str, expected: set[int], queue: str = "dlhp") -> None:
     """Every message of `expected` reaches the OPD queue `queue` of the bus named `prefix`."""
     assert BROKER_URL

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import aio_pika
-import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient
 
@@ -17,19 +15,6 @@ from omnichannel.store.tables import MESSAGE, utcnow
 from tests.conftest import BROKER_URL
 from tests.http.conftest import AGENT_AUTH, CallbackRecorder, MakeClient
 from tests.http.test_agent_api import conversation, post, wait_for, wait_for_delivery
-
-#: Both ways of running: SQLite with the in-process bus, PostgreSQL with RabbitMQ.
-MODES = ["embedded", "broker"]
-
-
-@pytest.fixture(params=MODES)
-async def mode(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Settings of one mode; the broker mode gets its own queue names, removed by `make_client`."""
-    if request.param == "embedded":
-        yield {"store": "sqlite"}
-        return
-    prefix: str = request.getfixturevalue("broker_prefix")
-    yield {"store": "postgresql", "broker_url": BROKER_URL, "broker_prefix": prefix}
 
 
 async def send_reply(client: TestClient[Any, Any], conv_id: int, text: str) -> dict[str, Any]:
@@ -41,9 +26,10 @@ async def send_reply(client: TestClient[Any, Any], conv_id: int, text: str) -> d
 
 
 async def test_an_agent_retry_sends_a_failed_reply_again(
-    make_client: MakeClient, callback: CallbackRecorder, mode: dict[str, Any]
+    make_client: MakeClient, callback: CallbackRecorder, engine_settings: dict[str, Any]
 ) -> None:
-    client = await make_client(**mode, api_callback_url=callback.url, delivery_attempts=2)
+    client = await make_client(**engine_settings, api_callback_url=callback.url,
+                               delivery_attempts=2)
     client.server.app[ENGINE].deliverer._backoff_s = 0.01
     callback.fail_with = [503, 503]
     conv_id = (await post(client))["conversation_id"]
@@ -67,9 +53,10 @@ async def test_an_agent_retry_sends_a_failed_reply_again(
 
 
 async def test_a_reply_cut_off_by_a_stop_is_sent_by_the_next_engine(
-    make_client: MakeClient, callback: CallbackRecorder, mode: dict[str, Any]
+    make_client: MakeClient, callback: CallbackRecorder, engine_settings: dict[str, Any]
 ) -> None:
-    first = await make_client(**mode, api_callback_url=callback.url, delivery_timeout_s=30)
+    first = await make_client(**engine_settings, api_callback_url=callback.url,
+                              delivery_timeout_s=30)
     url = str(first.server.app[ENGINE].settings.database_url)
     callback.delay_s = 60  # the provider hangs: the stop comes mid-send
     conv_id = (await post(first))["conversation_id"]
@@ -78,7 +65,8 @@ async def test_a_reply_cut_off_by_a_stop_is_sent_by_the_next_engine(
     await first.close()
 
     callback.delay_s = 0
-    second = await make_client(**mode, database_url=url, api_callback_url=callback.url)
+    second = await make_client(**engine_settings, database_url=url,
+                               api_callback_url=callback.url)
     await wait_for_delivery(second, conv_id, "sent")
     assert len(callback.received) == 2
     # Both sends carry the reply's key, so the provider can tell the second is the same reply.
@@ -87,9 +75,9 @@ async def test_a_reply_cut_off_by_a_stop_is_sent_by_the_next_engine(
 
 
 async def test_a_reply_claimed_by_a_worker_that_died_is_sent_once_its_claim_lapses(
-    make_client: MakeClient, callback: CallbackRecorder, mode: dict[str, Any]
+    make_client: MakeClient, callback: CallbackRecorder, engine_settings: dict[str, Any]
 ) -> None:
-    client = await make_client(**mode, api_callback_url=callback.url)
+    client = await make_client(**engine_settings, api_callback_url=callback.url)
     engine = client.server.app[ENGINE]
     conv_id = (await post(client))["conversation_id"]
     reply = await send_reply(client, conv_id, "Sudah ditangani")
@@ -102,16 +90,16 @@ async def test_a_reply_claimed_by_a_worker_that_died_is_sent_once_its_claim_laps
             delivery_lease_until=utcnow() + timedelta(seconds=1)))
     await client.close()
 
-    restarted = await make_client(**mode, database_url=engine.settings.database_url,
+    restarted = await make_client(**engine_settings, database_url=engine.settings.database_url,
                                   api_callback_url=callback.url, delivery_sweep_s=0.2)
     await wait_for_delivery(restarted, conv_id, "sent")
     assert len(callback.received) == 2
 
 
 async def test_a_reply_waits_for_the_earlier_one_of_its_conversation(
-    make_client: MakeClient, callback: CallbackRecorder, mode: dict[str, Any]
+    make_client: MakeClient, callback: CallbackRecorder, engine_settings: dict[str, Any]
 ) -> None:
-    client = await make_client(**mode, api_callback_url=callback.url)
+    client = await make_client(**engine_settings, api_callback_url=callback.url)
     client.server.app[ENGINE].deliverer._backoff_s = 0.3
     callback.fail_with = [503]  # the first reply needs a second attempt
     conv_id = (await post(client))["conversation_id"]

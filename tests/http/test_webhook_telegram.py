@@ -17,7 +17,7 @@ from telegram import Chat, Message, Update, User
 
 from tests.adapters.kits import BOT_SECRET, BOT_TOKEN, TELEGRAM
 from tests.conftest import BROKER_URL, REPO
-from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published, delete_topology
+from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published
 from tests.http.test_agent_api import wait_for_delivery
 
 BOTS = [{"account": "lapor_ambon_bot", "token": BOT_TOKEN, "webhook_secret": BOT_SECRET}]
@@ -89,7 +89,6 @@ async def test_agent_reply_reaches_the_bot_api_as_send_message(
         api_url = str(bot_api.make_url("")).rstrip("/")
         if mode == "broker":
             prefix = request.getfixturevalue("broker_prefix")
-            request.addfinalizer(lambda: asyncio.run(delete_topology(prefix)))
             client = await make_client("postgresql", telegram_bots=BOTS,
                                        telegram_api_url=api_url, broker_url=BROKER_URL,
                                        broker_prefix=prefix, auto_ack=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -39,7 +38,6 @@ from tests.http.conftest import (
     API_AUTH,
     MakeClient,
     assert_all_published,
-    delete_topology,
 )
 from tests.http.test_agent_api import conversation, wait_for, wait_for_delivery
 
@@ -215,7 +213,6 @@ async def test_agent_reply_reaches_twilio_as_the_documented_form(
                                 "public_url": PUBLIC, "auto_ack": True}
     if mode == "broker":
         prefix = request.getfixturevalue("broker_prefix")
-        request.addfinalizer(lambda: asyncio.run(delete_topology(prefix)))
         client = await make_client("postgresql", broker_url=BROKER_URL, broker_prefix=prefix,
                                    **settings)
     else:

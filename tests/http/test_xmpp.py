@@ -20,7 +20,6 @@ from omnichannel.model import InboundMessage
 from omnichannel.pipeline import ShuttingDown
 from omnichannel.settings import XmppAccount
 from omnichannel.store.ingest import Stored
-from tests.conftest import BROKER_URL
 from tests.http.conftest import AGENT_AUTH, MakeClient, assert_all_published
 from tests.http.test_agent_api import conversation, wait_for
 from tests.xmpp_server import COMPONENT, COMPONENT_SECRET, Prosody, available
@@ -168,16 +167,6 @@ async def delivered(client: TestClient[Any, Any], conv_id: int, message_id: int)
                    for m in messages)
 
     await wait_for(reached)
-
-
-@pytest.fixture(params=["embedded", "broker"])
-async def engine_settings(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """SQLite and the in-process bus, or PostgreSQL and RabbitMQ (when configured)."""
-    if request.param == "embedded":
-        yield {"store": "sqlite"}
-        return
-    prefix: str = request.getfixturevalue("broker_prefix")
-    yield {"store": "postgresql", "broker_url": BROKER_URL, "broker_prefix": prefix}
 
 
 @pytest.mark.parametrize("mode", ["client", "component"])
